@@ -1,0 +1,14 @@
+"""Download the models a TOML file lists into the folders SD.Next reads.
+
+from provision import Provisioner
+report = Provisioner(workspace="/workspace").run("models.toml")
+print(report.summary())
+"""
+
+__version__ = "0.1.0"
+
+from .config import ConfigError
+from .core import Provisioner
+from .report import ItemResult, Report
+
+__all__ = ["ConfigError", "ItemResult", "Provisioner", "Report", "__version__"]

@@ -1,0 +1,107 @@
+"""`provision [CONFIG] [--dry-run] ...`: exit 0 all ok, 1 some item failed, 2 bad config or usage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__, paths
+from .config import ConfigError
+from .configsource import default_source
+from .core import DEFAULT_JOBS, Provisioner
+from .logsetup import setup_logging
+from .secrets import redact, register_env_secrets
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("provision")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provision",
+        description="Download the models listed in a TOML file into the folders SD.Next reads.",
+        epilog="Exit codes: 0 all items ok, 1 some items failed, 2 bad config or command line.",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="path, http(s) URL or Google Drive link of the TOML file (default: $PROVISION_URL)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="plan (and resolve) only; download nothing")
+    parser.add_argument("--offline", action="store_true", help="with --dry-run: no network request at all")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        help=f"workspace folder (default: $WORKSPACE, else {paths.DEFAULT_WORKSPACE}); models go to"
+        " <workspace>/sdnext/models",
+    )
+    parser.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS, help="files at once (default 5)")
+    parser.add_argument("--verify", action="store_true", help="re-hash files already in place")
+    parser.add_argument("--json", action="store_true", help="print the plan/report as JSON on stdout")
+    parser.add_argument("--log-file", type=Path, help="log file (default: <workspace>/logs/provision.log)")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("--quiet", "-q", action="store_true", help="console: errors only")
+    noise.add_argument("--verbose", "-v", action="store_true", help="console: debug detail")
+    parser.add_argument("--version", action="version", version=f"provision {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    register_env_secrets()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.offline and not args.dry_run:
+        parser.error("--offline needs --dry-run (a real run downloads over the network)")
+    config = args.config or default_source()
+    if not config:
+        parser.error("no config given: pass a path or URL, or set PROVISION_URL")
+
+    workspace = (args.workspace or Path(os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE)).absolute()
+    # A dry-run writes nothing into the workspace unless a log file is asked for explicitly.
+    log_file = args.log_file or (None if args.dry_run else paths.log_file(workspace))
+    verbosity = -1 if args.quiet else 1 if args.verbose else 0
+    warning = setup_logging(log_file, verbosity=verbosity)
+    if warning:
+        log.warning(warning)
+
+    provisioner = Provisioner(
+        workspace,
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        offline=args.offline,
+        verify=args.verify,
+        progress=None if not args.quiet else False,
+    )
+    log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
+    try:
+        report = provisioner.run(config)
+    except ConfigError as err:
+        for problem in err.problems:
+            log.error(f"error: {problem}")
+        log.error(f"{len(err.problems)} problem(s) in the configuration; nothing was downloaded")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        log.error("interrupted: partial downloads are kept as .part files and resume next run")
+        return 130
+
+    if args.json:
+        sys.stdout.write(report.to_json() + "\n")
+    elif args.dry_run:
+        sys.stdout.write(report.table() + "\n")
+    log.info(report.summary())
+    for result in report.failed:
+        log.error(f"failed: {result.category}.{result.name}: {result.reason}")
+    return report.exit_code

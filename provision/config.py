@@ -1,0 +1,400 @@
+"""Parse and validate a provisioning TOML file into a Plan.
+
+Every problem is collected in one pass and reported with its table path, so a user fixes the
+whole file at once instead of one error per run. Two forms are accepted:
+
+    [models.lora.detail-tweaker]            # full form: one table per model
+    source = "civitai"                      # optional: inferred from the keys
+    version_id = 135867
+
+    [models.vae]                            # simple form: name = URL
+    sdxl-vae = "https://huggingface.co/stabilityai/sdxl-vae/resolve/main/sdxl_vae.safetensors"
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import categories, links
+from .paths import safe_filename
+from .plan import CivitaiSpec, GDriveSpec, HuggingFaceSpec, Item, Plan, Spec, UrlSpec
+from .secrets import register_secret
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; `problems` lists every finding, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+SOURCES = ("huggingface", "civitai", "url", "gdrive")
+COMMON_KEYS = {"source", "filename"}
+KEYS_BY_SOURCE = {
+    "huggingface": COMMON_KEYS | {"repo", "file", "revision", "gated", "include", "exclude", "url"},
+    "civitai": COMMON_KEYS | {"version_id", "model_id", "url", "type", "format"},
+    "url": COMMON_KEYS | {"url", "headers"},
+    "gdrive": COMMON_KEYS | {"url", "id"},
+}
+ALL_KEYS = set().union(*KEYS_BY_SOURCE.values())
+TOP_LEVEL_KEYS = {"models"}
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def parse_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{origin}: not valid TOML: {err}"]) from None
+
+
+def load_plan(
+    text: str, *, models_root: Path, origin: str = "config", env: Mapping[str, str] | None = None
+) -> Plan:
+    """Validate the TOML text and plan every entry, or raise ConfigError with every problem."""
+    env = os.environ if env is None else env
+    data = parse_toml(text, origin)
+    problems: list[str] = []
+    plan = Plan(models_root=models_root.resolve(), items=[])
+
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            problems.append(f"{key}: unknown top-level key{_did_you_mean(key, TOP_LEVEL_KEYS)}")
+    models = data.get("models")
+    if models is None:
+        problems.append(f"{origin}: no [models] table: add entries like [models.lora.<name>]")
+    elif not isinstance(models, dict):
+        problems.append("models: must be a table of categories, like [models.lora.<name>]")
+        models = {}
+
+    for category_name, entries in (models or {}).items():
+        category = categories.lookup(category_name)
+        where = f"models.{category_name}"
+        if category is None:
+            problems.append(
+                f"{where}: unknown category{_did_you_mean(category_name, categories.valid_names())}"
+                f" (valid: {', '.join(categories.valid_names())})"
+            )
+            continue
+        if category.warning:
+            plan.warnings.append(f"{where}: {category.warning}")
+        if not isinstance(entries, dict):
+            problems.append(f'{where}: must be a table of entries, like {where}.<name> = "https://..."')
+            continue
+        folder = plan.models_root / category.folder
+        for name, entry in entries.items():
+            item = _plan_entry(category_name, name, entry, folder, env, problems)
+            if item is not None:
+                plan.items.append(item)
+
+    _check_destinations(plan, problems)
+    if problems:
+        raise ConfigError(problems)
+    return plan
+
+
+def _plan_entry(
+    category: str, name: str, entry: Any, folder: Path, env: Mapping[str, str], problems: list[str]
+) -> Item | None:
+    where = f"models.{category}.{name}"
+    found: list[str] = []
+    report = found.append
+
+    if isinstance(entry, str):
+        entry = {"url": entry}
+    elif not isinstance(entry, dict):
+        problems.append(f"{where}: must be a URL string or a table, not {type(entry).__name__}")
+        return None
+
+    source = entry.get("source")
+    if source is None:
+        source = _infer_source(entry, env)
+        if source is None:
+            problems.append(
+                f'{where}: cannot tell the source: add "repo" (huggingface), "version_id" or'
+                f' "model_id" (civitai) or "url", or set source = "huggingface" | "civitai" | "url"'
+            )
+            return None
+    elif source not in SOURCES:
+        problems.append(
+            f"{where}.source: unknown source {source!r}{_did_you_mean(str(source), SOURCES)}"
+            f" (valid: {', '.join(SOURCES)})"
+        )
+        return None
+
+    allowed = KEYS_BY_SOURCE[source]
+    for key in entry:
+        if key not in allowed:
+            hint = _did_you_mean(key, allowed)
+            if not hint and key in ALL_KEYS:
+                hint = f' ("{key}" belongs to another source; this entry is {source})'
+            report(f"{where}: unknown key {key!r}{hint}")
+
+    spec = _SPEC_BUILDERS[source](entry, where, env, report)
+    filename = _filename(entry, spec, where, report)
+    if spec is not None and isinstance(spec, HuggingFaceSpec) and spec.file is None:
+        # A whole repository lands in a folder of its own, named after the entry.
+        repo_folder = safe_filename(name)
+        if repo_folder is None:
+            report(f"{where}: the entry name cannot be used as a folder name")
+        else:
+            folder = folder / repo_folder
+        if "filename" in entry:
+            report(f'{where}: "filename" needs "file" (a whole repository keeps its file names)')
+    problems.extend(found)
+    if found or spec is None:
+        return None
+    return Item(category=category, name=name, spec=spec, folder=folder, filename=filename)
+
+
+def _infer_source(entry: dict[str, Any], env: Mapping[str, str]) -> str | None:
+    if "repo" in entry:
+        return "huggingface"
+    if "version_id" in entry or "model_id" in entry:
+        return "civitai"
+    if "url" in entry:
+        if "headers" in entry or not isinstance(entry["url"], str):
+            return "url"  # explicit headers: the user wants this exact request
+        return _source_of_url(entry["url"], env)
+    return None
+
+
+def _source_of_url(url: str, env: Mapping[str, str]) -> str:
+    spec = links.recognise(url, env)
+    return {HuggingFaceSpec: "huggingface", CivitaiSpec: "civitai", GDriveSpec: "gdrive"}.get(
+        type(spec), "url"
+    )
+
+
+# --- one builder per source: each returns a spec, or None after reporting what is wrong ------
+
+
+def _huggingface(entry, where, env, report) -> HuggingFaceSpec | None:
+    if "url" in entry:  # simple form or an inferred table with a /resolve/ URL
+        if "repo" in entry or "file" in entry:
+            report(f'{where}: give either "url" or "repo"/"file", not both')
+            return None
+        spec = links.huggingface_spec(_string(entry, "url", where, report) or "", env)
+        if spec is None:
+            report(
+                f"{where}.url: not a Hugging Face file URL"
+                " (expected .../<owner>/<repo>/resolve/<revision>/<file>)"
+            )
+            return None
+        return spec
+    repo = _string(entry, "repo", where, report, required=True)
+    file = _string(entry, "file", where, report)
+    revision = _string(entry, "revision", where, report) or "main"
+    gated = entry.get("gated", False)
+    if not isinstance(gated, bool):
+        report(f"{where}.gated: must be true or false")
+        gated = False
+    include = _string_list(entry, "include", where, report)
+    exclude = _string_list(entry, "exclude", where, report)
+    if repo is not None and not _REPO_ID.match(repo):
+        hint = ""
+        if "://" in repo:
+            hint = ' (give "owner/name", not a URL)'
+        report(f'{where}.repo: {repo!r} is not a repository id like "owner/name"{hint}')
+        return None
+    if file is not None:
+        parts = PurePosixPath(file).parts
+        if not file or file.startswith("/") or ".." in parts or "\\" in file:
+            report(f"{where}.file: {file!r} must be a path inside the repository, without '..'")
+            return None
+        if include or exclude:
+            report(f'{where}: "include"/"exclude" filter whole repositories; drop them or drop "file"')
+    if repo is None:
+        return None
+    return HuggingFaceSpec(repo, file, revision, gated, tuple(include), tuple(exclude))
+
+
+def _civitai(entry, where, env, report) -> CivitaiSpec | None:
+    file_type = _string(entry, "type", where, report)
+    file_format = _string(entry, "format", where, report)
+    version_id = _positive_int(entry, "version_id", where, report)
+    model_id = _positive_int(entry, "model_id", where, report)
+    if "url" in entry:
+        url = _string(entry, "url", where, report) or ""
+        spec = links.civitai_spec(url, env)
+        if spec is None:
+            report(
+                f"{where}.url: not a CivitAI model URL (expected .../models/<model>?modelVersionId="
+                f"<version> or .../api/download/models/<version>)"
+            )
+            return None
+        if version_id or model_id:
+            report(f'{where}: give either "url" or "version_id"/"model_id", not both')
+            return None
+        return CivitaiSpec(
+            spec.version_id,
+            spec.model_id,
+            spec.id_from,
+            file_type or spec.file_type,
+            file_format or spec.file_format,
+        )
+    if version_id is None and model_id is None:
+        if "version_id" not in entry and "model_id" not in entry:
+            report(f'{where}: missing "version_id" (or "model_id", or "url" of the model page)')
+        return None
+    id_from = "version_id" if version_id is not None else "model_id (newest version)"
+    return CivitaiSpec(version_id, None if version_id else model_id, id_from, file_type, file_format)
+
+
+def _url(entry, where, env, report) -> UrlSpec | GDriveSpec | None:
+    url = _string(entry, "url", where, report, required=True)
+    if url is None:
+        return None
+    if not _is_http_url(url):
+        report(f"{where}.url: {url!r} is not an http(s) URL")
+        return None
+    if file_id := links.gdrive_file_id(url, env):
+        # A Drive link is a confirm page, never the file: always take the Drive flow.
+        return GDriveSpec(file_id)
+    headers = entry.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        report(
+            f"{where}.headers: must be a table of strings, like"
+            ' headers = { Authorization = "Bearer ${MY_TOKEN}" }'
+        )
+        return None
+    expanded = {}
+    for key, value in headers.items():
+        expanded[key] = _expand_env(value, f"{where}.headers.{key}", env, report)
+    return UrlSpec(url, expanded)
+
+
+def _gdrive(entry, where, env, report) -> GDriveSpec | None:
+    if "id" in entry:
+        file_id = _string(entry, "id", where, report)
+        if file_id is not None and not re.match(r"^[-\w]{10,}$", file_id):
+            report(f"{where}.id: {file_id!r} is not a Google Drive file id")
+            return None
+        return GDriveSpec(file_id) if file_id else None
+    url = _string(entry, "url", where, report, required=True)
+    if url is None:
+        return None
+    file_id = links.gdrive_file_id(url, env)
+    if file_id is None:
+        report(f"{where}.url: not a Google Drive file link (expected .../file/d/<id>/view or ...?id=<id>)")
+        return None
+    return GDriveSpec(file_id)
+
+
+_SPEC_BUILDERS = {
+    "huggingface": _huggingface,
+    "civitai": _civitai,
+    "url": _url,
+    "gdrive": _gdrive,
+}
+
+
+# --- field helpers ------------------------------------------------------------------------------
+
+
+def _string(entry, key, where, report, required=False) -> str | None:
+    if key not in entry:
+        if required:
+            report(f'{where}: missing "{key}"')
+        return None
+    value = entry[key]
+    if not isinstance(value, str) or not value.strip():
+        report(f"{where}.{key}: must be a non-empty string")
+        return None
+    return value.strip()
+
+
+def _string_list(entry, key, where, report) -> list[str]:
+    value = entry.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        report(f'{where}.{key}: must be a list of glob patterns, like ["*.json", "unet/*"]')
+        return []
+    return value
+
+
+def _positive_int(entry, key, where, report) -> int | None:
+    if key not in entry:
+        return None
+    value = entry[key]
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        report(f"{where}.{key}: must be a positive number, like {key} = 135867")
+        return None
+    return value
+
+
+def _expand_env(value: str, where: str, env: Mapping[str, str], report) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in env:
+            report(f"{where}: references ${{{name}}}, which is not set in the environment")
+            return ""
+        register_secret(env[name])
+        return env[name]
+
+    expanded = _ENV_REF.sub(substitute, value)
+    if expanded != value:
+        register_secret(expanded)  # the whole header value, e.g. "Bearer <token>"
+    return expanded
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _filename(entry, spec: Spec | None, where, report) -> str | None:
+    """The planned file name: the entry's `filename`, else what the spec names, else None."""
+    if "filename" in entry:
+        given = _string(entry, "filename", where, report)
+        if given is None:
+            return None
+        name = safe_filename(given)
+        if name is None:
+            report(f"{where}.filename: {given!r} has no usable file name")
+        return name
+    if isinstance(spec, HuggingFaceSpec) and spec.file:
+        return safe_filename(PurePosixPath(spec.file).name)
+    return None
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _check_destinations(plan: Plan, problems: list[str]) -> None:
+    seen: dict[Path, str] = {}
+    for item in plan.items:
+        dest = item.dest
+        if not dest.resolve().is_relative_to(plan.models_root):
+            problems.append(f"{item.table}: destination {dest} is outside {plan.models_root}")
+            continue
+        if item.filename is None and not item.is_repository:
+            continue
+        key = dest
+        if key in seen:
+            problems.append(
+                f'{item.table}: same destination as {seen[key]} ({dest}): give one of them another "filename"'
+            )
+        else:
+            seen[key] = item.table

@@ -1,0 +1,129 @@
+"""The pipeline, top to bottom: config -> plan -> sources -> fetch -> report.
+
+`Provisioner` is the public, synchronous API; the CLI is a thin shell around it.
+`ProvisioningSystem` keeps the names the earlier design documented.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from . import paths
+from .config import load_plan
+from .configsource import read_config
+from .plan import HuggingFaceSpec, Item, Plan
+from .report import FAILED, PLANNED, ItemResult, Report
+from .secrets import register_env_secrets
+
+log = logging.getLogger("provision")
+
+DEFAULT_JOBS = 5
+
+
+class Provisioner:
+    """Plans and downloads the models of one config into `<workspace>/sdnext/models`.
+
+    >>> report = Provisioner(workspace="/workspace", jobs=5).run("models.toml")
+    >>> report.exit_code   # 0 all ok, 1 some item failed; a bad config raises ConfigError
+    """
+
+    def __init__(
+        self,
+        workspace: str | Path | None = None,
+        *,
+        jobs: int = DEFAULT_JOBS,
+        dry_run: bool = False,
+        offline: bool = False,
+        verify: bool = False,
+        progress: bool | None = None,
+    ):
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        if offline and not dry_run:
+            raise ValueError("offline works only with dry_run (a real run needs the network)")
+        self.workspace = Path(workspace or os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE)
+        self.models_root = paths.models_root(self.workspace.absolute())
+        self.jobs = jobs
+        self.dry_run = dry_run
+        self.offline = offline
+        self.verify = verify
+        self.progress = progress
+        register_env_secrets()
+
+    def plan(self, config: str | Path) -> Plan:
+        """Read and validate the config; raises ConfigError listing every problem."""
+        text, origin = read_config(str(config), offline=self.offline)
+        log.debug(f"config read from {origin}")
+        plan = load_plan(text, models_root=self.models_root, origin=origin)
+        for warning in plan.warnings:
+            log.warning(f"warning: {warning}")
+        return plan
+
+    def run(self, config: str | Path) -> Report:
+        plan = self.plan(config)
+        report = Report(warnings=list(plan.warnings), dry_run=self.dry_run)
+        runnable: list[Item] = []
+        for item in plan.items:
+            problem = preflight(item)
+            if problem:
+                report.results.append(_result(item, FAILED, reason=problem))
+            else:
+                runnable.append(item)
+        if self.dry_run and self.offline:
+            report.results.extend(_result(item, PLANNED, detail=_detail(item)) for item in runnable)
+        else:
+            from .run import execute  # the network half: sources and the download engine
+
+            report.results.extend(execute(runnable, self))
+        # Keep the config's order whatever order the work finished in.
+        order = {(i.category, i.name): n for n, i in enumerate(plan.items)}
+        report.results.sort(key=lambda r: order[(r.category, r.name)])
+        if self.dry_run:
+            report.free_bytes = free_space(self.models_root)
+        return report
+
+
+def preflight(item: Item) -> str | None:
+    """A reason this item cannot work, found before any request; None when it may."""
+    spec = item.spec
+    if isinstance(spec, HuggingFaceSpec) and spec.gated and not os.environ.get("HF_TOKEN"):
+        return (
+            f"{spec.repo} is gated: accept its terms at https://huggingface.co/{spec.repo} and "
+            "set HF_TOKEN to a read token of that account"
+        )
+    return None
+
+
+def free_space(path: Path) -> int | None:
+    """Free bytes on the disk that holds `path` (its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return None
+
+
+def _detail(item: Item) -> str | None:
+    spec = item.spec
+    if item.source == "civitai":
+        return f"CivitAI id from {spec.id_from}"
+    return None
+
+
+def _result(item: Item, status: str, **extra) -> ItemResult:
+    return ItemResult(item.category, item.name, item.source, str(item.dest), status, **extra)
+
+
+class ProvisioningSystem:
+    """The earlier design's API, kept as thin synchronous aliases of `Provisioner`."""
+
+    def __init__(self, workspace_dir: str | Path | None = None, **options):
+        self.provisioner = Provisioner(workspace_dir, **options)
+
+    def provision_from_file(self, path: str | Path) -> Report:
+        return self.provisioner.run(path)
+
+    def provision_from_url(self, url: str) -> Report:
+        return self.provisioner.run(url)

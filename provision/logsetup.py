@@ -1,0 +1,42 @@
+"""Logging: a short console, a full timestamped log file, and secrets masked in both."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from .secrets import RedactingFilter
+
+LOGGER_NAME = "provision"
+
+
+def setup_logging(log_file: Path | None, *, verbosity: int = 0) -> str | None:
+    """Configure the `provision` logger; returns a warning when the log file can't be opened.
+
+    verbosity: -1 quiet (errors only), 0 normal, 1 verbose (debug on the console).
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    redacting = RedactingFilter()
+
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel({-1: logging.ERROR, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(redacting)
+    logger.addHandler(console)
+
+    if log_file is None:
+        return None
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+    except OSError as err:
+        return f"cannot write the log file {log_file}: {err.strerror}; logging to the console only"
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    handler.addFilter(redacting)
+    logger.addHandler(handler)
+    return None

@@ -1,0 +1,49 @@
+"""Where things live in the workspace, and file names that are safe to write."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+DEFAULT_WORKSPACE = "/workspace"
+_MAX_NAME_BYTES = 255
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
+
+
+def models_root(workspace: Path) -> Path:
+    return workspace / "sdnext" / "models"
+
+
+def log_file(workspace: Path) -> Path:
+    return workspace / "logs" / "provision.log"
+
+
+def state_dir(workspace: Path) -> Path:
+    """Verification records and the like: outside the models root, so SD.Next never sees them."""
+    return workspace / ".provision"
+
+
+def safe_filename(name: str | None) -> str | None:
+    """Reduce a name from a config or a server to a plain file name, or None if nothing is left.
+
+    Only the last path component survives (both separators count), control and shell-hostile
+    characters are dropped, leading dots and blanks are stripped (no hidden files, no `..`),
+    and the name is cut to 255 bytes keeping its extension.
+    """
+    if not name:
+        return None
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = _UNSAFE.sub("", name).strip().lstrip(". ").rstrip(". ")
+    if not name:
+        return None
+    if len(name.encode()) > _MAX_NAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        if not dot or len(ext) > 16:
+            stem, ext = name, ""
+        suffix = f".{ext}" if ext else ""
+        budget = _MAX_NAME_BYTES - len(suffix.encode())
+        stem = stem.encode()[:budget].decode(errors="ignore")
+        name = stem + suffix
+    return name

@@ -1,0 +1,82 @@
+"""The values the config stage hands to the sources: what to fetch and where it goes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HuggingFaceSpec:
+    repo: str
+    file: str | None  # None: the whole repository (filtered by include/exclude)
+    revision: str = "main"
+    gated: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CivitaiSpec:
+    version_id: int | None
+    model_id: int | None  # resolved to the newest version when version_id is None
+    id_from: str  # which config key or URL gave the id, shown in dry-run
+    file_type: str | None = None  # e.g. "Model", "Pruned Model", "VAE"
+    file_format: str | None = None  # e.g. "SafeTensor", "PickleTensor"
+
+
+@dataclass(frozen=True)
+class UrlSpec:
+    url: str
+    # Values may hold expanded ${ENV} secrets: never shown in a repr.
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class GDriveSpec:
+    file_id: str
+
+
+Spec = HuggingFaceSpec | CivitaiSpec | UrlSpec | GDriveSpec
+
+SOURCE_NAMES: dict[type, str] = {
+    HuggingFaceSpec: "huggingface",
+    CivitaiSpec: "civitai",
+    UrlSpec: "url",
+    GDriveSpec: "gdrive",
+}
+
+
+@dataclass
+class Item:
+    """One model entry of the config, with where it will land."""
+
+    category: str
+    name: str
+    spec: Spec
+    folder: Path  # absolute destination folder
+    filename: str | None  # None until a server names the file (or for whole repositories)
+
+    @property
+    def source(self) -> str:
+        return SOURCE_NAMES[type(self.spec)]
+
+    @property
+    def table(self) -> str:
+        return f"models.{self.category}.{self.name}"
+
+    @property
+    def dest(self) -> Path:
+        """The destination file, or its folder while the name is not yet known."""
+        return self.folder / self.filename if self.filename else self.folder
+
+    @property
+    def is_repository(self) -> bool:
+        return isinstance(self.spec, HuggingFaceSpec) and self.spec.file is None
+
+
+@dataclass
+class Plan:
+    models_root: Path
+    items: list[Item]
+    warnings: list[str] = field(default_factory=list)

@@ -1,0 +1,96 @@
+"""What happened to each item, for people (a table) and for programs (JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .secrets import redact
+
+PLANNED, OK, SKIPPED, FAILED = "planned", "ok", "skipped", "failed"
+
+
+@dataclass
+class ItemResult:
+    category: str
+    name: str
+    source: str
+    dest: str  # absolute destination file, or its folder while the name is unknown
+    status: str
+    size: int | None = None  # bytes the item should have, when known
+    bytes: int = 0  # bytes transferred in this run
+    seconds: float = 0.0
+    reason: str | None = None  # why it failed, or what a dry-run found worth saying
+    detail: str | None = None  # e.g. which CivitAI key gave the id
+    files: int | None = None  # whole repositories: how many files
+
+
+@dataclass
+class Report:
+    results: list[ItemResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    free_bytes: int | None = None  # free space on the models disk (dry-run)
+
+    @property
+    def failed(self) -> list[ItemResult]:
+        return [r for r in self.results if r.status == FAILED]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    @property
+    def total_size(self) -> int:
+        return sum(r.size or 0 for r in self.results)
+
+    def to_json(self) -> str:
+        # Every text field passes through redact(): reasons may quote server answers.
+        rows = []
+        for result in self.results:
+            row = asdict(result)
+            for key, value in row.items():
+                if isinstance(value, str):
+                    row[key] = redact(value)
+            rows.append(row)
+        return json.dumps(rows, indent=2)
+
+    def table(self) -> str:
+        headers = ("STATUS", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION")
+        rows = [(r.status, r.category, r.name, r.source, human_size(r.size), r.dest) for r in self.results]
+        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+        lines = [
+            "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+            for row in (headers, *rows)
+        ]
+        for r in self.results:
+            if r.reason:
+                lines.append(f"  {r.category}.{r.name}: {r.reason}")
+            if r.detail:
+                lines.append(f"  {r.category}.{r.name}: {r.detail}")
+        return redact("\n".join(lines))
+
+    def summary(self) -> str:
+        counts = {s: sum(r.status == s for r in self.results) for s in (PLANNED, OK, SKIPPED, FAILED)}
+        parts = [f"{n} {s}" for s, n in counts.items() if n]
+        text = f"{len(self.results)} items: " + (", ".join(parts) or "nothing to do")
+        if self.total_size:
+            text += f"; total {human_size(self.total_size)}"
+        if self.free_bytes is not None:
+            text += f"; {human_size(self.free_bytes)} free on the models disk"
+        return text
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provision.cli import main
+
+from .fakes.gdrive import FakeDrive
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET_VARS = (
+    "HF_TOKEN",
+    "CIVITAI_TOKEN",
+    "PASSWORD",
+    "OPEN_BUTTON_TOKEN",
+    "PROVISION_URL",
+    "HF_ENDPOINT",
+    "CIVITAI_ENDPOINT",
+    "GDRIVE_ENDPOINT",
+    "WORKSPACE",
+)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-sdnext-real", action="store_true", help="run the real SD.Next start test")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-sdnext-real"):
+        return
+    skip = pytest.mark.skip(reason="opt-in: pass --run-sdnext-real (needs the uv-synced environment)")
+    for item in items:
+        if "sdnext_real" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No test sees the developer's tokens or endpoints, and none can reach the real services:
+    every endpoint points at a closed loopback port unless a fake replaces it."""
+    for name in SECRET_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HF_ENDPOINT", "CIVITAI_ENDPOINT", "GDRIVE_ENDPOINT"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def models(workspace) -> Path:
+    return workspace / "sdnext" / "models"
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(text: str, name: str = "models.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+class CliResult:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+@pytest.fixture
+def cli(capsys, workspace):
+    """Run the CLI in-process; --workspace defaults to the test's workspace."""
+
+    def run(*args: str) -> CliResult:
+        argv = list(args)
+        if "--workspace" not in argv:
+            argv += ["--workspace", str(workspace)]
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_module(*args: str, env: dict | None = None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """`python -m provision ...` in a child process (exit codes, argv, signals)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "provision", *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def drive(monkeypatch):
+    server = FakeDrive().start()
+    monkeypatch.setenv("GDRIVE_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+def tree(root: Path) -> list[str]:
+    """Every file below root, relative, sorted ([] when root does not exist)."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def which(tool: str) -> str | None:
+    found = shutil.which(tool)
+    if found is None and os.environ.get("CI") == "true":
+        pytest.fail(f"{tool} is missing; tests/run.sh installs it (CI must skip nothing)")
+    return found

@@ -1,0 +1,184 @@
+"""The command line: exit codes, dry-run output, JSON, logs, and nothing written on errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, run_module, tree
+
+EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
+VAE_URL = "https://huggingface.co/o/r/resolve/main/sdxl_vae.safetensors"
+
+
+def test_dry_run_offline_prints_the_plan_and_writes_nothing(cli, write_config, workspace, models):
+    config = write_config(f'[models.vae]\nsdxl = "{VAE_URL}"\n[models.lora.d]\nversion_id = 5\n')
+    result = cli(str(config), "--dry-run", "--offline")
+    assert result.code == 0
+    header, vae, lora = result.out.splitlines()[:3]
+    assert header.split() == ["STATUS", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION"]
+    assert vae.split() == [
+        "planned",
+        "vae",
+        "sdxl",
+        "huggingface",
+        "?",
+        f"{models}/VAE/sdxl_vae.safetensors",
+    ]
+    assert lora.split() == ["planned", "lora", "d", "civitai", "?", f"{models}/Lora"]
+    assert "lora.d: CivitAI id from version_id" in result.out
+    assert not workspace.exists()
+
+
+def test_json_plan_has_the_documented_fields(cli, write_config, models):
+    config = write_config(f'[models.vae]\nsdxl = "{VAE_URL}"\n[models.diffusers.x]\nrepo = "o/x"\n')
+    result = cli(str(config), "--dry-run", "--offline", "--json")
+    assert result.code == 0
+    rows = json.loads(result.out)
+    assert [(r["category"], r["name"], r["source"], r["dest"], r["size"], r["status"]) for r in rows] == [
+        ("vae", "sdxl", "huggingface", f"{models}/VAE/sdxl_vae.safetensors", None, "planned"),
+        ("diffusers", "x", "huggingface", f"{models}/Diffusers/x", None, "planned"),
+    ]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_plans(cli, example, monkeypatch):
+    monkeypatch.setenv("EXAMPLE_MIRROR_TOKEN", "token-for-the-example")
+    monkeypatch.setenv("HF_TOKEN", "hf_example_token_value")
+    result = cli(str(example), "--dry-run", "--offline", "--json")
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)
+    assert rows and all(r["status"] == "planned" for r in rows)
+    assert "token-for-the-example" not in result.text and "hf_example_token_value" not in result.text
+
+
+def test_full_example_covers_every_source_and_form(cli, monkeypatch):
+    monkeypatch.setenv("EXAMPLE_MIRROR_TOKEN", "token-for-the-example")
+    result = cli(str(REPO / "examples" / "test-provision-full.toml"), "--dry-run", "--offline", "--json")
+    rows = json.loads(result.out)
+    assert {r["source"] for r in rows} == {"huggingface", "civitai", "url", "gdrive"}
+    assert result.code == 1  # the gated FLUX entry fails early without HF_TOKEN
+    (gated,) = [r for r in rows if r["status"] == "failed"]
+    assert gated["name"] == "flux-dev" and "set HF_TOKEN" in gated["reason"]
+
+
+def test_gated_item_without_token_fails_before_any_request(cli, write_config):
+    config = write_config('[models.unet.f]\nrepo = "bfl/FLUX.1-dev"\nfile = "f.safetensors"\ngated = true\n')
+    result = cli(str(config), "--dry-run", "--offline")
+    assert result.code == 1
+    assert "bfl/FLUX.1-dev is gated: accept its terms at https://huggingface.co/bfl/FLUX.1-dev" in result.err
+    assert "set HF_TOKEN" in result.err
+
+
+def test_bad_config_exits_2_lists_every_problem_and_writes_nothing(cli, write_config, workspace, models):
+    config = write_config(
+        '[models.lora.a]\nsource = "url"\n[models.lora.b]\nrepo = "x/y"\nfile = "f"\nrevison = "v1"\n'
+    )
+    for args in ([], ["--dry-run"], ["--dry-run", "--offline"]):
+        result = cli(str(config), *args)
+        assert result.code == 2
+        assert 'error: models.lora.a: missing "url"' in result.err
+        assert "error: models.lora.b: unknown key 'revison' (did you mean \"revision\"?)" in result.err
+        assert "2 problem(s) in the configuration; nothing was downloaded" in result.err
+        assert tree(models) == []
+    # Only the real run keeps a log (where the runtime's users look for it).
+    assert tree(workspace) == ["logs/provision.log"]
+    assert 'models.lora.a: missing "url"' in (workspace / "logs/provision.log").read_text()
+
+
+def test_missing_config_file_exits_2(cli, tmp_path, workspace):
+    result = cli(str(tmp_path / "nope.toml"), "--dry-run")
+    assert result.code == 2
+    assert f"{tmp_path}/nope.toml: no such config file" in result.err
+    assert tree(workspace) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--jobs", "0"], "--jobs: must be a whole number of at least 1"),
+        (["--offline"], "--offline needs --dry-run"),
+        (["--quiet", "--verbose"], "not allowed with argument"),
+    ],
+)
+def test_bad_command_lines_exit_2(cli, write_config, args, message):
+    config = write_config(f'[models.vae]\nv = "{VAE_URL}"\n')
+    result = cli(str(config), *args)
+    assert result.code == 2
+    assert message in result.err
+
+
+def test_config_comes_from_provision_url_when_omitted(cli, write_config, monkeypatch):
+    config = write_config(f'[models.vae]\nv = "{VAE_URL}"\n')
+    assert cli("--dry-run", "--offline").code == 2
+    monkeypatch.setenv("PROVISION_URL", str(config))
+    result = cli("--dry-run", "--offline")
+    assert result.code == 0 and "sdxl_vae.safetensors" in result.out
+
+
+def test_offline_refuses_a_remote_config_without_a_request(cli):
+    result = cli("https://example.com/models.toml?token=abcdef123", "--dry-run", "--offline")
+    assert result.code == 2
+    assert "--offline makes no network request" in result.err
+    assert "abcdef123" not in result.err
+
+
+def test_workspace_comes_from_env_then_flag(cli, write_config, monkeypatch, tmp_path):
+    config = write_config(f'[models.vae]\nv = "{VAE_URL}"\n')
+    monkeypatch.setenv("WORKSPACE", str(tmp_path / "from-env"))
+    result = cli(str(config), "--dry-run", "--offline", "--json", "--workspace", str(tmp_path / "flag"))
+    assert json.loads(result.out)[0]["dest"].startswith(f"{tmp_path}/flag/sdnext/models/VAE/")
+    result = run_module(
+        str(config),
+        "--dry-run",
+        "--offline",
+        "--json",
+        env={"WORKSPACE": str(tmp_path / "from-env")},
+    )
+    assert json.loads(result.stdout)[0]["dest"].startswith(f"{tmp_path}/from-env/sdnext/models/VAE/")
+
+
+def test_python_dash_m_and_log_file_with_secrets_redacted(write_config, tmp_path):
+    config = write_config(
+        '[models.esrgan.x]\nurl = "https://example.com/x.pth?token=urltoken999"\n'
+        'headers = { Authorization = "Bearer ${MIRROR_TOKEN}" }\n'
+    )
+    log = tmp_path / "logs" / "p.log"
+    result = run_module(
+        str(config),
+        "--dry-run",
+        "--offline",
+        "--verbose",
+        "--log-file",
+        str(log),
+        "--workspace",
+        str(tmp_path / "ws"),
+        env={"MIRROR_TOKEN": "mirror-secret-42", "HF_TOKEN": "hf_secret_token_77"},
+    )
+    assert result.returncode == 0, result.stderr
+    text = log.read_text()
+    assert "1 items: 1 planned" in text
+    everything = text + result.stdout + result.stderr
+    for secret in ("mirror-secret-42", "hf_secret_token_77", "urltoken999"):
+        assert secret not in everything
+
+
+def test_version_and_help(cli):
+    assert cli("--help").code == 0
+    result = cli("--version")
+    assert result.code == 0 and result.out.startswith("provision ")
+
+
+def test_api_aliases_of_the_earlier_design(write_config, tmp_path):
+    from provision import Provisioner
+    from provision.core import ProvisioningSystem
+
+    config = write_config(f'[models.vae]\nv = "{VAE_URL}"\n')
+    report = Provisioner(tmp_path / "ws", dry_run=True, offline=True).run(config)
+    assert report.exit_code == 0 and report.results[0].status == "planned"
+    system = ProvisioningSystem(workspace_dir=tmp_path / "ws", dry_run=True, offline=True)
+    assert system.provision_from_file(Path(config)).results[0].dest == report.results[0].dest
+    with pytest.raises(ValueError):
+        Provisioner(tmp_path, offline=True)
