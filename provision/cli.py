@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__, paths
 from .config import ConfigError
 from .configsource import default_source
-from .core import DEFAULT_JOBS, Provisioner
+from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, Provisioner
 from .logsetup import setup_logging
 from .secrets import redact, register_env_secrets
 
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         " <workspace>/sdnext/models",
     )
     parser.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS, help="files at once (default 5)")
+    parser.add_argument(
+        "--connections",
+        type=_positive,
+        default=DEFAULT_CONNECTIONS,
+        help=f"connections in all, across files (default {DEFAULT_CONNECTIONS})",
+    )
     parser.add_argument("--verify", action="store_true", help="re-hash files already in place")
     parser.add_argument("--json", action="store_true", help="print the plan/report as JSON on stdout")
     parser.add_argument("--log-file", type=Path, help="log file (default: <workspace>/logs/provision.log)")
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         offline=args.offline,
         verify=args.verify,
         progress=None if not args.quiet else False,
+        connections=args.connections,
     )
     log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
     try:

@@ -14,13 +14,17 @@ from pathlib import Path
 from . import paths
 from .config import load_plan
 from .configsource import read_config
+from .http import TIMEOUT
 from .plan import HuggingFaceSpec, Item, Plan
 from .report import FAILED, PLANNED, ItemResult, Report
+from .retry import RetryPolicy
 from .secrets import register_env_secrets
 
 log = logging.getLogger("provision")
 
 DEFAULT_JOBS = 5
+DEFAULT_CONNECTIONS = 16  # in all, across files
+PER_FILE_CONNECTIONS = 8
 
 
 class Provisioner:
@@ -39,9 +43,12 @@ class Provisioner:
         offline: bool = False,
         verify: bool = False,
         progress: bool | None = None,
+        connections: int = DEFAULT_CONNECTIONS,
+        retry: RetryPolicy | None = None,
+        timeout: tuple[float, float] | None = None,
     ):
-        if jobs < 1:
-            raise ValueError("jobs must be at least 1")
+        if jobs < 1 or connections < 1:
+            raise ValueError("jobs and connections must be at least 1")
         if offline and not dry_run:
             raise ValueError("offline works only with dry_run (a real run needs the network)")
         self.workspace = Path(workspace or os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE)
@@ -50,7 +57,12 @@ class Provisioner:
         self.dry_run = dry_run
         self.offline = offline
         self.verify = verify
-        self.progress = progress
+        self.progress = progress  # None: bars on a terminal, log lines otherwise
+        self.connections = connections
+        self.per_file = min(PER_FILE_CONNECTIONS, connections)
+        self.retry = retry or RetryPolicy.from_env()
+        # PROVISION_READ_TIMEOUT: seconds without a byte before a connection counts as stalled.
+        self.timeout = timeout or (TIMEOUT[0], float(os.environ.get("PROVISION_READ_TIMEOUT", TIMEOUT[1])))
         register_env_secrets()
 
     def plan(self, config: str | Path) -> Plan:

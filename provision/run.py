@@ -1,21 +1,171 @@
-"""The network half of the pipeline (sources and the download engine): see issue 3."""
+"""The network half of the pipeline: resolve every item, then fetch every file.
+
+Resolution (metadata only) runs `jobs` items at once; a dry-run stops there and reports names
+and sizes. A real run then hands every file to the engine, `jobs` files at once, under the
+engine's global cap on connections, and folds the files back into one result per item.
+"""
 
 from __future__ import annotations
 
-from .report import FAILED, PLANNED, ItemResult
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import paths
+from .download import Download
+from .engine import Engine, FetchError
+from .plan import Item
+from .progress import make_progress
+from .records import VerifiedRecords
+from .report import FAILED, OK, PLANNED, SKIPPED, ItemResult, human_size
+from .secrets import redact
+from .sources import Context, SourceError, check_tokens, resolve
+
+if TYPE_CHECKING:
+    from .core import Provisioner
+
+log = logging.getLogger("provision")
 
 
-def execute(items, provisioner) -> list[ItemResult]:
+@dataclass
+class _Work:
+    item: Item
+    downloads: list[Download] = field(default_factory=list)
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    bytes: int = 0
+    statuses: list[str] = field(default_factory=list)
+
+
+def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
+    ctx = Context(retry=provisioner.retry, timeout=provisioner.timeout)
+    work = [_Work(item) for item in items]
+    token_problems = check_tokens(items, ctx)
+    for entry in work:
+        if entry.item.source in token_problems:
+            entry.error = token_problems[entry.item.source]
+
+    def resolve_one(entry: _Work) -> None:
+        if entry.error:
+            return
+        try:
+            entry.downloads = resolve(entry.item, ctx)
+        except SourceError as err:
+            entry.error = redact(str(err))
+        except Exception as err:  # a bug or an unexpected answer: one item fails, not the run
+            log.debug(f"{entry.item.table}: resolving failed", exc_info=True)
+            entry.error = f"unexpected error while resolving: {redact(f'{type(err).__name__}: {err}')}"
+
+    with ThreadPoolExecutor(max_workers=provisioner.jobs) as pool:
+        list(pool.map(resolve_one, work))
+    for entry in work:
+        if entry.error:
+            log.error(f"{entry.item.table}: {entry.error}")
+
     if provisioner.dry_run:
-        return [ItemResult(i.category, i.name, i.source, str(i.dest), PLANNED) for i in items]
-    return [
-        ItemResult(
-            i.category,
-            i.name,
-            i.source,
-            str(i.dest),
-            FAILED,
-            reason="downloading is not implemented yet: use --dry-run",
-        )
-        for i in items
-    ]
+        return [_planned(entry) for entry in work]
+    return _fetch_all(work, provisioner)
+
+
+def _planned(entry: _Work) -> ItemResult:
+    item = entry.item
+    if entry.error:
+        return _result(item, FAILED, reason=entry.error)
+    sizes = [d.expected_size for d in entry.downloads]
+    size = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+    dest = entry.downloads[0].dest if len(entry.downloads) == 1 and not item.is_repository else item.dest
+    detail = f"CivitAI id from {item.spec.id_from}" if item.source == "civitai" else None
+    return ItemResult(
+        item.category,
+        item.name,
+        item.source,
+        str(dest),
+        PLANNED,
+        size=size,
+        detail=detail,
+        files=len(entry.downloads) if item.is_repository else None,
+    )
+
+
+def _fetch_all(work: list[_Work], provisioner: Provisioner) -> list[ItemResult]:
+    engine = Engine(
+        VerifiedRecords(paths.state_dir(provisioner.workspace) / "verified.json"),
+        connections=provisioner.connections,
+        per_file=provisioner.per_file,
+        retry=provisioner.retry,
+        timeout=provisioner.timeout,
+        verify=provisioner.verify,
+    )
+    jobs = [(entry, download) for entry in work if not entry.error for download in entry.downloads]
+    expected = sum(d.expected_size or 0 for _, d in jobs)
+    progress = make_progress(provisioner.progress, expected)
+
+    def fetch_one(job: tuple[_Work, Download]) -> None:
+        entry, download = job
+        if entry.started is None:
+            entry.started = time.monotonic()
+            log.info(f"start {entry.item.table} -> {entry.item.dest}")
+        try:
+            result = engine.fetch(download, progress)
+            entry.bytes += result.bytes
+            entry.statuses.append(result.status)
+        except FetchError as err:
+            entry.error = entry.error or f"{download.dest.name}: {redact(str(err))}"
+            entry.statuses.append(FAILED)
+        except OSError as err:
+            entry.error = entry.error or f"{download.dest.name}: {err.strerror or err} ({err.filename or ''})"
+            entry.statuses.append(FAILED)
+        entry.finished = time.monotonic()
+        if len(entry.statuses) == len(entry.downloads):
+            _log_end(entry)
+
+    try:
+        with ThreadPoolExecutor(max_workers=provisioner.jobs) as pool:
+            list(pool.map(fetch_one, jobs))
+    finally:
+        progress.close()
+    return [_fetched(entry) for entry in work]
+
+
+def _log_end(entry: _Work) -> None:
+    seconds = (entry.finished or 0) - (entry.started or 0)
+    if entry.error:
+        log.error(f"failed {entry.item.table}: {entry.error}")
+    elif all(status == SKIPPED for status in entry.statuses):
+        log.info(f"skipped {entry.item.table}: already in place and verified")
+    else:
+        log.info(f"done {entry.item.table}: {human_size(entry.bytes)} in {seconds:.1f}s")
+
+
+def _fetched(entry: _Work) -> ItemResult:
+    item = entry.item
+    if entry.error:
+        status = FAILED
+    elif entry.statuses and all(s == SKIPPED for s in entry.statuses):
+        status = SKIPPED
+    else:
+        status = OK
+    single = len(entry.downloads) == 1 and not item.is_repository
+    dest = entry.downloads[0].dest if single else item.dest
+    sizes = [d.dest.stat().st_size if d.dest.exists() else d.expected_size for d in entry.downloads]
+    size = None if not sizes or None in sizes else sum(sizes)  # type: ignore[arg-type]
+    seconds = round((entry.finished or 0) - (entry.started or 0), 3) if entry.started else 0.0
+    return ItemResult(
+        item.category,
+        item.name,
+        item.source,
+        str(dest),
+        status,
+        size=size,
+        bytes=entry.bytes,
+        seconds=seconds,
+        reason=entry.error,
+        files=len(entry.downloads) if item.is_repository else None,
+    )
+
+
+def _result(item: Item, status: str, **extra) -> ItemResult:
+    return ItemResult(item.category, item.name, item.source, str(item.dest), status, **extra)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -10,7 +11,10 @@ import pytest
 
 from provision.cli import main
 
+from .fakes.cdn import FakeCDN
+from .fakes.civitai import FakeCivitai
 from .fakes.gdrive import FakeDrive
+from .fakes.hub import FakeHub
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_VARS = (
@@ -47,6 +51,7 @@ def clean_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     for name in ("HF_ENDPOINT", "CIVITAI_ENDPOINT", "GDRIVE_ENDPOINT"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("PROVISION_RETRY_BASE", "0.01")  # fast retries; the count stays the same
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -133,3 +138,40 @@ def which(tool: str) -> str | None:
     if found is None and os.environ.get("CI") == "true":
         pytest.fail(f"{tool} is missing; tests/run.sh installs it (CI must skip nothing)")
     return found
+
+
+@pytest.fixture
+def cdn():
+    server = FakeCDN().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub(monkeypatch, cdn):
+    server = FakeHub(cdn=cdn).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def civitai(monkeypatch, cdn):
+    server = FakeCivitai(cdn=cdn).start()
+    monkeypatch.setenv("CIVITAI_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes that differ at every offset (so a misplaced piece is noticed)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(b"%d:%d" % (seed, counter)).digest() * 128
+        counter += 1
+    return bytes(out[:size])

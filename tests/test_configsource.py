@@ -10,13 +10,19 @@ from .conftest import tree
 from .fakes.gdrive import DriveFile
 from .fakes.server import FakeServer
 
-GOOD = b'[models.vae]\nv = "https://huggingface.co/o/r/resolve/main/remote_vae.safetensors"\n'
+VAE = b"vae bytes" * 100
+
+
+def good_config(host) -> bytes:
+    return f'[models.vae.v]\nurl = "{host.url}/files/remote_vae.safetensors"\n'.encode()
 
 
 class ConfigHost(FakeServer):
     def handle(self, h, path, query):
         if path == "/models.toml":
-            h.reply(200, GOOD, content_type="text/plain; charset=utf-8")
+            h.reply(200, good_config(self), content_type="text/plain; charset=utf-8")
+        elif path == "/files/remote_vae.safetensors":
+            h.reply(200, VAE, content_type="application/octet-stream")
         elif path == "/redirect":
             h.reply(302, headers={"Location": "/models.toml"})
         elif path == "/ftp-redirect":
@@ -87,9 +93,9 @@ def test_non_http_scheme_is_refused(cli):
         "https://drive.usercontent.google.com/download?id={id}",
     ],
 )
-def test_config_from_a_google_drive_link(cli, drive, mode, link):
+def test_config_from_a_google_drive_link(cli, drive, host, mode, link):
     file_id = "1CoNfIgFiLeIdAbCdEf"
-    drive.files[file_id] = DriveFile("models.toml", GOOD, mode)
+    drive.files[file_id] = DriveFile("models.toml", good_config(host), mode)
     result = cli(link.format(id=file_id), "--dry-run", "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)[0]["dest"].endswith("/VAE/remote_vae.safetensors")
@@ -100,7 +106,7 @@ def test_config_from_a_google_drive_link(cli, drive, mode, link):
     ("mode", "message"),
     [("quota", "download quota exceeded"), ("private", "share it with 'Anyone with the link'")],
 )
-def test_drive_config_errors(cli, drive, mode, message):
-    drive.files["1CoNfIgFiLeIdAbCdEf"] = DriveFile("models.toml", GOOD, mode)
+def test_drive_config_errors(cli, drive, host, mode, message):
+    drive.files["1CoNfIgFiLeIdAbCdEf"] = DriveFile("models.toml", good_config(host), mode)
     result = cli("https://drive.google.com/file/d/1CoNfIgFiLeIdAbCdEf/view", "--dry-run")
     assert result.code == 2 and message in result.err

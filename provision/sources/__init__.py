@@ -1,0 +1,68 @@
+"""Sources: turn a planned Item into Downloads (URL, destination, size, checksum, headers).
+
+Each source module has `resolve(item, ctx) -> list[Download]` and raises SourceError with a
+message a person can act on. Only metadata travels here (HEAD or API calls); the bytes are the
+engine's job.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import requests
+
+from ..download import Download
+from ..http import TIMEOUT, new_session
+from ..plan import CivitaiSpec, GDriveSpec, HuggingFaceSpec, Item, UrlSpec
+from ..retry import GaveUp, RetryPolicy, check_status, retrying
+
+
+class SourceError(Exception):
+    """This item cannot be resolved; the message says what to do."""
+
+
+@dataclass
+class Context:
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: tuple[float, float] = TIMEOUT
+    session: requests.Session = field(default_factory=new_session)
+
+    def get(self, url: str, *, headers: dict[str, str] | None = None, method: str = "GET", **kw):
+        """One request with retries on transient failures; the answer may be any status."""
+        result: list[requests.Response] = []
+
+        def attempt() -> None:
+            response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kw)
+            check_status(response)
+            result.append(response)
+
+        try:
+            retrying(self.retry, url.split("?")[0], attempt)
+        except GaveUp as err:
+            raise SourceError(str(err)) from None
+        return result[0]
+
+
+def resolve(item: Item, ctx: Context) -> list[Download]:
+    from . import civitai, gdrive, huggingface, url
+
+    module = {HuggingFaceSpec: huggingface, CivitaiSpec: civitai, UrlSpec: url, GDriveSpec: gdrive}
+    return module[type(item.spec)].resolve(item, ctx)
+
+
+def check_tokens(items: list[Item], ctx: Context) -> dict[str, str]:
+    """Check each token once, for the sources the plan uses: {source: problem} for bad ones."""
+    from . import civitai, huggingface
+
+    problems = {}
+    sources = {item.source for item in items}
+    if "huggingface" in sources and os.environ.get("HF_TOKEN"):
+        problem = huggingface.check_token(ctx)
+        if problem:
+            problems["huggingface"] = problem
+    if "civitai" in sources and os.environ.get("CIVITAI_TOKEN"):
+        problem = civitai.check_token(ctx)
+        if problem:
+            problems["civitai"] = problem
+    return problems

@@ -14,8 +14,13 @@ import requests
 from gdown.download import get_url_from_gdrive_confirmation
 from gdown.exceptions import FileURLRetrievalError
 
+from ..download import Download
 from ..http import TIMEOUT, read_capped
 from ..links import DEFAULT_GDRIVE_ENDPOINT, endpoint
+from ..paths import safe_filename
+from ..plan import GDriveSpec, Item
+from . import Context, SourceError
+from .url import filename_from_disposition
 
 _MAX_PAGE_BYTES = 2 * 1024 * 1024
 
@@ -70,3 +75,32 @@ def open_drive_file(
                 f"Google Drive gave no download for file {file_id}: share it with 'Anyone with the link'"
             ) from None
     raise DriveError(f"Google Drive kept asking for confirmation for file {file_id}")
+
+
+def resolve(item: Item, ctx: Context) -> list[Download]:
+    """The final download URL (past the confirm page), the name and the size; no body read."""
+    spec: GDriveSpec = item.spec  # type: ignore[assignment]
+    file_id = spec.file_id
+    try:
+        response = open_drive_file(ctx.session, file_id)
+    except DriveError as err:
+        raise SourceError(str(err)) from None
+    with response:
+        name = (
+            item.filename
+            or safe_filename(filename_from_disposition(response.headers.get("Content-Disposition")))
+            or safe_filename(item.name)
+        )
+        length = response.headers.get("Content-Length", "")
+        final_url = response.url
+    return [
+        Download(
+            url=final_url,
+            dest=item.folder / name,
+            size=int(length) if length.isdigit() else None,
+            identity=f"gdrive:{file_id}",
+            explain=lambda status: (
+                f"Google Drive answered {status} for file {file_id}: share it with 'Anyone with the link'"
+            ),
+        )
+    ]

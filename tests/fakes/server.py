@@ -14,7 +14,7 @@ class Seen:
     method: str
     path: str
     query: dict
-    headers: dict
+    headers: dict  # lower-case names
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -29,7 +29,9 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         owner = self.server.owner
         with owner.lock:
-            owner.requests.append(Seen(self.command, parts.path, query, dict(self.headers.items())))
+            owner.requests.append(
+                Seen(self.command, parts.path, query, {k.lower(): v for k, v in self.headers.items()})
+            )
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             owner.handle(self, parts.path, query)
 
@@ -63,7 +65,7 @@ class FakeServer:
     def start(self) -> FakeServer:
         self.httpd = self.HTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.owner = self
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         return self
 

@@ -1,0 +1,130 @@
+"""Progress: tqdm bars on a terminal (one per active file and a total); in a log, a total line
+every PROVISION_PROGRESS_INTERVAL seconds (default 15). Item start/end lines come from run.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+from tqdm import tqdm
+
+from .download import Download
+from .engine import Progress
+from .report import human_size
+
+log = logging.getLogger("provision")
+
+
+class _Totals(Progress):
+    def __init__(self, expected_total: int):
+        self.lock = threading.Lock()
+        self.expected_total = expected_total
+        self.done = 0
+        self.active: set[int] = set()
+
+    def file_started(self, download: Download, total: int | None, have: int) -> None:
+        with self.lock:
+            self.active.add(id(download))
+
+    def advance(self, download: Download, n: int) -> None:
+        with self.lock:
+            self.done += n
+
+    def file_finished(self, download: Download) -> None:
+        with self.lock:
+            self.active.discard(id(download))
+
+    def close(self) -> None:
+        pass
+
+
+class LogProgress(_Totals):
+    def __init__(self, expected_total: int, interval: float | None = None):
+        super().__init__(expected_total)
+        self.interval = interval or float(os.environ.get("PROVISION_PROGRESS_INTERVAL", 15))
+        self.started = time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._report, daemon=True)
+        self.thread.start()
+
+    def _report(self) -> None:
+        while not self.stopped.wait(self.interval):
+            with self.lock:
+                done, active = self.done, len(self.active)
+            if not active:
+                continue
+            rate = done / max(time.monotonic() - self.started, 1e-6)
+            of = f" of {human_size(self.expected_total)}" if self.expected_total else ""
+            log.info(
+                f"progress: {human_size(done)}{of} at {human_size(int(rate))}/s, {active} file(s) active"
+            )
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class TqdmProgress(_Totals):
+    def __init__(self, expected_total: int):
+        super().__init__(expected_total)
+        self.total_bar = tqdm(
+            total=expected_total or None,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="total",
+            position=0,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.bars: dict[int, tqdm] = {}
+        self.free_positions: list[int] = []
+        self.next_position = 1
+
+    def file_started(self, download: Download, total: int | None, have: int) -> None:
+        super().file_started(download, total, have)
+        with self.lock:
+            position = self.free_positions.pop(0) if self.free_positions else self.next_position
+            if position == self.next_position:
+                self.next_position += 1
+            self.bars[id(download)] = tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=download.dest.name[:40],
+                position=position,
+                leave=False,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+
+    def advance(self, download: Download, n: int) -> None:
+        super().advance(download, n)
+        with self.lock:
+            bar = self.bars.get(id(download))
+            if bar is not None:
+                bar.update(n)
+            self.total_bar.update(n)
+
+    def file_finished(self, download: Download) -> None:
+        super().file_finished(download)
+        with self.lock:
+            bar = self.bars.pop(id(download), None)
+            if bar is not None:
+                self.free_positions.append(bar.pos if bar.pos > 0 else abs(bar.pos))
+                bar.close()
+
+    def close(self) -> None:
+        self.total_bar.close()
+
+
+def make_progress(enabled: bool | None, expected_total: int) -> _Totals:
+    """Bars when asked for or on a terminal; a periodic log line otherwise."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return TqdmProgress(expected_total) if enabled else LogProgress(expected_total)

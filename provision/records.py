@@ -1,0 +1,65 @@
+"""What earlier runs verified, so a re-run with everything in place reads no model bytes.
+
+One JSON file under `<workspace>/.provision/` (outside the models folder, so SD.Next never
+sees it) maps each destination to its size, mtime, checksum and identity. A file whose size or
+mtime changed since it was recorded is hashed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .download import Checksum, Download
+
+
+@dataclass
+class Record:
+    size: int
+    mtime_ns: int
+    algorithm: str
+    value: str
+    identity: str
+
+    @property
+    def checksum(self) -> Checksum:
+        return Checksum(self.algorithm, self.value)
+
+    def matches(self, stat: os.stat_result, download: Download) -> bool:
+        if (stat.st_size, stat.st_mtime_ns) != (self.size, self.mtime_ns):
+            return False
+        if download.checksum is not None:
+            return self.checksum == download.checksum
+        return self.identity == download.identity
+
+
+class VerifiedRecords:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.lock = threading.Lock()
+        self.records: dict[str, Record] = {}
+        if path is not None and path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self.records = {k: Record(**v) for k, v in raw.items()}
+            except (ValueError, TypeError):
+                self.records = {}  # unreadable: everything is hashed once more
+
+    def lookup(self, dest: Path) -> Record | None:
+        with self.lock:
+            return self.records.get(str(dest))
+
+    def store(self, dest: Path, identity: str, checksum: Checksum) -> None:
+        stat = dest.stat()
+        record = Record(stat.st_size, stat.st_mtime_ns, checksum.algorithm, checksum.value, identity)
+        with self.lock:
+            self.records[str(dest)] = record
+            if self.path is None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({k: asdict(v) for k, v in self.records.items()}, indent=1))
+            os.replace(tmp, self.path)

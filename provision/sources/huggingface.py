@@ -1,0 +1,212 @@
+"""Hugging Face: metadata and errors through huggingface_hub, bytes through our engine.
+
+`get_hf_file_metadata` gives the commit, the size and the ETag (the sha256 of LFS files, the
+git blob id of small ones); the download URL is pinned to that commit so a resumed download
+never mixes two versions. The token goes in an Authorization header to the Hub's host only:
+the engine's session drops it when the Hub redirects to its CDN.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import PurePosixPath
+
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import filter_repo_objects
+
+from ..download import Checksum, Download
+from ..http import USER_AGENT
+from ..links import DEFAULT_HF_ENDPOINT, endpoint
+from ..paths import safe_filename
+from ..plan import HuggingFaceSpec, Item
+from ..retry import GaveUp, Retryable, retrying
+from ..secrets import redact
+from . import Context, SourceError
+
+log = logging.getLogger("provision")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub() -> str:
+    return endpoint(os.environ, "HF_ENDPOINT", DEFAULT_HF_ENDPOINT)
+
+
+def _token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
+def resolve(item: Item, ctx: Context) -> list[Download]:
+    spec: HuggingFaceSpec = item.spec  # type: ignore[assignment]
+    if spec.file is None:
+        return _resolve_repository(item, spec, ctx)
+    url = hf_hub_url(spec.repo, spec.file, revision=spec.revision, endpoint=hub())
+    meta = _call(
+        ctx,
+        spec,
+        lambda: get_hf_file_metadata(
+            url, token=_token() or False, timeout=ctx.timeout[1], user_agent=USER_AGENT, endpoint=hub()
+        ),
+    )
+    commit = meta.commit_hash or spec.revision
+    return [
+        Download(
+            url=hf_hub_url(spec.repo, spec.file, revision=commit, endpoint=hub()),
+            dest=item.folder / item.filename,  # type: ignore[operator]
+            size=meta.size,
+            checksum=_checksum(meta.etag),
+            headers=_auth_headers(),
+            identity=f"hf:{spec.repo}@{commit}:{spec.file}",
+            explain=lambda status: _explain_status(status, spec),
+        )
+    ]
+
+
+def _resolve_repository(item: Item, spec: HuggingFaceSpec, ctx: Context) -> list[Download]:
+    api = HfApi(endpoint=hub(), token=_token() or False, user_agent=USER_AGENT)
+    info = _call(ctx, spec, lambda: api.model_info(spec.repo, revision=spec.revision))
+    commit = info.sha or spec.revision
+    tree = _call(ctx, spec, lambda: list(api.list_repo_tree(spec.repo, revision=commit, recursive=True)))
+    files = [entry for entry in tree if hasattr(entry, "blob_id") and entry.size is not None]
+    chosen = list(
+        filter_repo_objects(
+            files,
+            allow_patterns=list(spec.include) or None,
+            ignore_patterns=list(spec.exclude) or None,
+            key=lambda entry: entry.path,
+        )
+    )
+    downloads = []
+    for entry in chosen:
+        parts = PurePosixPath(entry.path).parts
+        if any(part.startswith(".") for part in parts):
+            continue  # .gitattributes and friends: not part of the model
+        safe = [safe_filename(part) for part in parts]
+        if any(part is None for part in safe):
+            continue
+        lfs = getattr(entry, "lfs", None)
+        checksum = Checksum("sha256", lfs.sha256) if lfs else Checksum("git-sha1", entry.blob_id)
+        downloads.append(
+            Download(
+                url=hf_hub_url(spec.repo, entry.path, revision=commit, endpoint=hub()),
+                dest=item.folder.joinpath(*safe),  # type: ignore[arg-type]
+                size=entry.size,
+                checksum=checksum,
+                headers=_auth_headers(),
+                identity=f"hf:{spec.repo}@{commit}:{entry.path}",
+                explain=lambda status: _explain_status(status, spec),
+            )
+        )
+    if not downloads:
+        raise SourceError(
+            f"no file of {spec.repo} at {spec.revision} matches include={list(spec.include)}"
+            f" exclude={list(spec.exclude)}: check the patterns against"
+            f" {hub()}/{spec.repo}/tree/{spec.revision}"
+        )
+    return downloads
+
+
+def check_token(ctx: Context) -> str | None:
+    try:
+        HfApi(endpoint=hub(), user_agent=USER_AGENT).whoami(token=_token())
+    except HfHubHTTPError as err:
+        if _status(err) == 401:
+            return "HF_TOKEN was refused (401): create a read token at https://huggingface.co/settings/tokens"
+        return f"cannot check HF_TOKEN: {redact(str(err).splitlines()[0])}"
+    except Exception as err:
+        return f"cannot check HF_TOKEN at {hub()}: {redact(type(err).__name__)}"
+    return None
+
+
+def _call(ctx: Context, spec: HuggingFaceSpec, fn):
+    """Run a huggingface_hub call, retrying 5xx/429/network errors, explaining the rest."""
+    result = []
+
+    def attempt() -> None:
+        try:
+            result.append(fn())
+        except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+            raise
+        except HfHubHTTPError as err:
+            status = _status(err)
+            if status == 429 or (status or 0) >= 500:
+                raise Retryable(f"HTTP {status}") from None
+            raise
+        except Exception as err:  # transport errors: requests', httpx' or httpx2's, by version
+            raise Retryable(f"{type(err).__name__}: {err}") from None
+
+    try:
+        retrying(ctx.retry, f"{hub()}/{spec.repo}", attempt)
+    except GatedRepoError:
+        raise SourceError(_gated_message(spec)) from None
+    except RevisionNotFoundError:
+        raise SourceError(
+            f'revision {spec.revision!r} not found in {spec.repo}: check "revision" (a branch, tag or commit)'
+        ) from None
+    except RepositoryNotFoundError:
+        hint = "" if _token() else " (if it is private, set HF_TOKEN to a token with access)"
+        raise SourceError(f'repository {spec.repo} not found at {hub()}: check "repo"{hint}') from None
+    except EntryNotFoundError:
+        raise SourceError(
+            f'file {spec.file!r} not found in {spec.repo} at {spec.revision}: check "file" against'
+            f" {hub()}/{spec.repo}/tree/{spec.revision}"
+        ) from None
+    except HfHubHTTPError as err:
+        if _status(err) == 401:
+            raise SourceError(
+                "Hugging Face refused HF_TOKEN (401): create a read token at"
+                " https://huggingface.co/settings/tokens"
+            ) from None
+        raise SourceError(
+            f"Hugging Face answered {_status(err)}: {redact(str(err).splitlines()[0])}"
+        ) from None
+    except GaveUp as err:
+        raise SourceError(f"cannot reach {hub()}: {err}") from None
+    return result[0]
+
+
+def _gated_message(spec: HuggingFaceSpec) -> str:
+    page = f"{hub()}/{spec.repo}"
+    if _token():
+        return f"{spec.repo} is gated: accept its terms at {page} with the account whose token is in HF_TOKEN"
+    return (
+        f"{spec.repo} is gated: accept its terms at {page} and set HF_TOKEN to a read token of that account"
+    )
+
+
+def _explain_status(status: int, spec: HuggingFaceSpec) -> str | None:
+    if status == 403 or (status == 401 and spec.gated):
+        return _gated_message(spec)
+    if status == 401:
+        return f"Hugging Face refused the download (401): set HF_TOKEN to a token with access to {spec.repo}"
+    if status == 404:
+        return f'{spec.file} of {spec.repo} vanished from the Hub (404): check "file" and "revision"'
+    return None
+
+
+def _checksum(etag: str | None) -> Checksum | None:
+    value = (etag or "").strip('"').lower()
+    if _SHA256.match(value):
+        return Checksum("sha256", value)
+    if _SHA1.match(value):
+        return Checksum("git-sha1", value)
+    return None
+
+
+def _auth_headers() -> dict[str, str]:
+    token = _token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _status(err: Exception) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)

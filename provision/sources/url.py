@@ -1,0 +1,94 @@
+"""Plain URLs: optional headers; the name from the item, else Content-Disposition (RFC 6266,
+`filename*` first), else the URL's path. Always reduced to a safe base name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import requests
+
+from ..download import Download
+from ..paths import safe_filename
+from ..plan import Item, UrlSpec
+from ..secrets import redact
+from . import Context, SourceError
+
+
+def resolve(item: Item, ctx: Context) -> list[Download]:
+    spec: UrlSpec = item.spec  # type: ignore[assignment]
+    response = _head(spec, ctx)
+    with response:
+        if response.status_code >= 400:
+            raise SourceError(explain(response.status_code, spec.url) or f"HTTP {response.status_code}")
+        name = (
+            item.filename
+            or safe_filename(filename_from_disposition(response.headers.get("Content-Disposition")))
+            or safe_filename(unquote(PurePosixPath(urlsplit(spec.url).path).name))
+            or safe_filename(item.name)
+        )
+        size = _size(response)
+    return [
+        Download(
+            url=spec.url,
+            dest=item.folder / name,  # type: ignore[operator]
+            size=size,
+            headers=dict(spec.headers),
+            identity=f"url:{redact(spec.url)}",
+            explain=lambda status: explain(status, spec.url),
+        )
+    ]
+
+
+def _head(spec: UrlSpec, ctx: Context) -> requests.Response:
+    """HEAD for the name and size; servers that refuse HEAD get a GET whose body is not read."""
+    headers = {**spec.headers, "Accept-Encoding": "identity"}
+    response = ctx.get(spec.url, headers=headers, method="HEAD", allow_redirects=True)
+    if response.status_code in (400, 403, 405, 501):
+        response.close()
+        response = ctx.get(spec.url, headers=headers, stream=True)
+    return response
+
+
+def _size(response: requests.Response) -> int | None:
+    if response.headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    length = response.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
+
+
+_DISPOSITION_PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+def filename_from_disposition(value: str | None) -> str | None:
+    """The file name of a Content-Disposition header (RFC 6266): `filename*` wins over `filename`."""
+    if not value:
+        return None
+    params: dict[str, str] = {}
+    for name, raw in _DISPOSITION_PARAM.findall(value):
+        raw = raw.strip()
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        params.setdefault(name.lower(), raw)
+    extended = params.get("filename*")
+    if extended and extended.count("'") >= 2:
+        charset, _language, encoded = extended.split("'", 2)
+        try:
+            return unquote(encoded, encoding=charset or "utf-8", errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return params.get("filename") or None
+
+
+def explain(status: int, url: str) -> str | None:
+    shown = redact(url)
+    if status in (401, 403):
+        return (
+            f"{shown} answered {status}: the file needs credentials; add them as a header (headers = {{...}})"
+        )
+    if status == 404:
+        return f"{shown} answered 404: check the URL"
+    if status == 410:
+        return f"{shown} answered 410: the file was removed"
+    return None

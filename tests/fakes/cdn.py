@@ -1,0 +1,153 @@
+"""A file server like a CDN: Range (206 + Content-Range), strong ETags and If-Range, and
+faults injected per request: a reset or a clean close at a byte offset, 5xx bursts, 429 with
+Retry-After, ignored Range, wrong bytes, a stall. Counts the body bytes it sends."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from .server import FakeServer, Handler
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+
+
+@dataclass
+class Fault:
+    status: int | None = None  # answer this status instead (5xx, 429, 401, ...)
+    retry_after: str | None = None
+    reset_at: int | None = None  # send this many body bytes, then reset the connection (RST)
+    close_at: int | None = None  # send this many body bytes, then close cleanly (truncated body)
+    stall_at: int | None = None  # send this many body bytes, then stop sending for `stall` seconds
+    stall: float = 0.0
+    ignore_range: bool = False
+
+
+@dataclass
+class Served:
+    data: bytes
+    etag: str | None = None
+    ranges: bool = True
+    ignore_range: bool = False  # always, not per request
+    wrong_bytes: bool = False  # flips one byte in the middle of every answer
+    headers: dict = field(default_factory=dict)
+    content_disposition: str | None = None
+
+
+@dataclass
+class FakeCDN(FakeServer):
+    files: dict[str, Served] = field(default_factory=dict)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    body_bytes: int = 0
+    rate: float | None = None  # bytes per second per connection (a CDN's cap)
+    require_header: tuple[str, str] | None = None
+    reject_authorization: bool = True  # presigned storage answers 400 to an Authorization header
+
+    def add(self, path: str, data: bytes, **options) -> Served:
+        served = Served(data, etag=f'"{hashlib.md5(data).hexdigest()}"', **options)
+        self.files[path] = served
+        return served
+
+    def fault(self, path: str, *faults: Fault) -> None:
+        self.faults.setdefault(path, []).extend(faults)
+
+    def handle(self, h: Handler, path: str, query: dict) -> None:
+        served = self.files.get(path)
+        if served is None:
+            h.reply(404, b"no such file")
+            return
+        if self.require_header and h.headers.get(self.require_header[0]) != self.require_header[1]:
+            h.reply(403, b"forbidden")
+            return
+        if self.reject_authorization and "Authorization" in h.headers:
+            h.reply(400, b"<Error><Code>InvalidArgument</Code>Authorization header not allowed</Error>")
+            return
+        with self.lock:
+            queue = self.faults.get(path) or []
+            fault = queue.pop(0) if queue else Fault()
+        if fault.status:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            h.reply(fault.status, b"fault", headers)
+            return
+        data = served.data
+        if served.wrong_bytes and data:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+        total = len(data)
+        start, end, status = 0, total - 1, 200
+        wanted = h.headers.get("Range")
+        if_range = h.headers.get("If-Range")
+        use_range = served.ranges and not served.ignore_range and not fault.ignore_range
+        if wanted and use_range and (if_range is None or if_range == served.etag):
+            match = _RANGE.match(wanted)
+            if match:
+                start = int(match[1])
+                end = min(int(match[2]) if match[2] else total - 1, total - 1)
+                if start >= total:
+                    h.reply(416, b"", {"Content-Range": f"bytes */{total}"})
+                    return
+                status = 206
+        headers = {"Content-Length": str(end - start + 1), "Content-Type": "application/octet-stream"}
+        if served.ranges:
+            headers["Accept-Ranges"] = "bytes"
+        if served.etag:
+            headers["ETag"] = served.etag
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+        if served.content_disposition:
+            headers["Content-Disposition"] = served.content_disposition
+        if "response-content-disposition" in query:  # presigned S3/R2 URLs name the file so
+            headers["Content-Disposition"] = query["response-content-disposition"]
+        headers.update(served.headers)
+        h.send_response(status)
+        for key, value in headers.items():
+            h.send_header(key, value)
+        h.end_headers()
+        if h.command == "HEAD":
+            return
+        self._send(h, data[start : end + 1], fault)
+
+    def _send(self, h: Handler, body: bytes, fault: Fault) -> None:
+        sent, step = 0, 64 * 1024
+        began = time.monotonic()
+        while sent < len(body):
+            for limit, action in (
+                (fault.reset_at, "reset"),
+                (fault.close_at, "close"),
+                (fault.stall_at, "stall"),
+            ):
+                if limit is not None and sent >= limit:
+                    if action == "stall":
+                        time.sleep(fault.stall)
+                        fault.stall_at = None
+                        continue
+                    self._end(h, reset=action == "reset")
+                    return
+            stop = len(body)
+            for limit in (fault.reset_at, fault.close_at, fault.stall_at):
+                if limit is not None and limit > sent:
+                    stop = min(stop, limit)
+            chunk = body[sent : min(sent + step, stop)]
+            h.wfile.write(chunk)
+            sent += len(chunk)
+            with self.lock:
+                self.body_bytes += len(chunk)
+            if self.rate:
+                ahead = sent / self.rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+    @staticmethod
+    def _end(h: Handler, reset: bool) -> None:
+        h.wfile.flush()
+        if reset:
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        h.close_connection = True
+        try:
+            h.connection.shutdown(socket.SHUT_RDWR) if not reset else None
+        finally:
+            h.connection.close()

@@ -1,0 +1,264 @@
+"""The engine against the CDN fake with every fault: what ends up on disk, and what never does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+
+from provision.download import Checksum, Download
+from provision.engine import Engine, FetchError, Ranges
+from provision.records import VerifiedRecords
+from provision.retry import RetryPolicy
+
+from .conftest import blob, sha256
+from .fakes.cdn import Fault
+
+SIZE = 9 * 1024 * 1024 + 12345  # several 4 MiB pieces, the last one short
+DATA = blob(SIZE, seed=11)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    def make(**options) -> Engine:
+        options.setdefault("retry", RetryPolicy(attempts=5, base=0.01))
+        options.setdefault("timeout", (2, 1.0))
+        return Engine(VerifiedRecords(tmp_path / "state" / "verified.json"), **options)
+
+    return make
+
+
+@pytest.fixture
+def served(cdn):
+    cdn.add("/m.safetensors", DATA)
+    return cdn
+
+
+def download(cdn, tmp_path, data=DATA, checksum=True, size=True, **kw) -> Download:
+    return Download(
+        url=f"{cdn.url}/m.safetensors",
+        dest=tmp_path / "models" / "m.safetensors",
+        size=len(data) if size else None,
+        checksum=Checksum("sha256", sha256(data)) if checksum else None,
+        identity="test:m",
+        **kw,
+    )
+
+
+def on_disk(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "models").iterdir())
+
+
+def test_segmented_download_uses_several_ranges_and_verifies(engine, served, tmp_path):
+    result = engine().fetch(download(served, tmp_path))
+    assert (result.status, result.bytes) == ("ok", SIZE)
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+    ranges = [r.headers.get("range") for r in served.requests]
+    assert len(ranges) >= 3 and all(r and r.startswith("bytes=") for r in ranges)
+    assert on_disk(tmp_path) == ["m.safetensors"]
+    assert served.body_bytes == SIZE
+
+
+@pytest.mark.parametrize(
+    ("fault", "logged"),
+    [
+        (Fault(reset_at=1_000_000), "Connection reset by peer"),
+        (Fault(close_at=500_000), "IncompleteRead"),  # a truncated body: Content-Length says more
+        (Fault(status=500), "HTTP 500"),
+        (Fault(status=502), "HTTP 502"),
+        (Fault(status=429, retry_after="0"), "HTTP 429; retry 1 in 0.0s"),
+        (Fault(stall_at=100_000, stall=2.0), "stalled or timed out"),  # silent past the read timeout
+    ],
+    ids=["reset", "truncated", "500", "502", "429", "stall"],
+)
+def test_transient_faults_are_retried_and_resumed(engine, served, tmp_path, fault, logged, caplog):
+    served.fault("/m.safetensors", fault, Fault(status=503))
+    with caplog.at_level(logging.INFO, logger="provision"):
+        result = engine().fetch(download(served, tmp_path))
+    assert result.status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+    assert logged in caplog.text and "HTTP 503" in caplog.text
+    # Resumed, not restarted: little more than the file crossed the wire.
+    assert served.body_bytes <= SIZE + 1_200_000
+
+
+def test_retry_after_is_honoured(engine, served, tmp_path, caplog):
+    served.fault("/m.safetensors", Fault(status=429, retry_after="2"))
+    with caplog.at_level(logging.INFO, logger="provision"):
+        engine().fetch(download(served, tmp_path))
+    assert "HTTP 429; retry 1 in 2.0s" in caplog.text
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 410])
+def test_final_statuses_are_not_retried(engine, served, tmp_path, status):
+    served.fault("/m.safetensors", Fault(status=status))
+    with pytest.raises(FetchError, match=f"answered {status}"):
+        engine().fetch(download(served, tmp_path))
+    assert len(served.requests) == 1
+    assert on_disk(tmp_path) == []
+
+
+def test_explain_turns_a_status_into_advice(engine, served, tmp_path):
+    served.fault("/m.safetensors", Fault(status=401))
+    d = download(served, tmp_path, explain=lambda status: f"set THE_TOKEN ({status})")
+    with pytest.raises(FetchError, match=r"set THE_TOKEN \(401\)"):
+        engine().fetch(d)
+
+
+def test_persistent_5xx_gives_up_with_the_reason(engine, served, tmp_path):
+    served.fault("/m.safetensors", *[Fault(status=503)] * 10)
+    with pytest.raises(FetchError, match="gave up after 5 attempts: HTTP 503"):
+        engine().fetch(download(served, tmp_path))
+    assert "m.safetensors" not in on_disk(tmp_path)
+
+
+def test_server_that_ignores_range_gets_one_stream(engine, cdn, tmp_path):
+    cdn.add("/m.safetensors", DATA, ignore_range=True)
+    assert engine().fetch(download(cdn, tmp_path)).status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+    assert cdn.body_bytes == SIZE  # one whole stream, no duplicate pieces
+
+
+def test_a_part_from_an_earlier_run_is_never_appended_to_when_range_is_ignored(engine, served, tmp_path):
+    # A first run stops half-way ...
+    served.fault("/m.safetensors", *[Fault(close_at=0)] * 40)
+    with pytest.raises(FetchError):
+        engine(retry=RetryPolicy(attempts=2, base=0.01)).fetch(download(served, tmp_path))
+    served.faults.clear()
+    # ... the next one starts from the .part, but now the server ignores Range: start over.
+    partial = tmp_path / "models" / "m.safetensors.part"
+    state = json.loads((tmp_path / "models" / "m.safetensors.part.state").read_text())
+    served.files["/m.safetensors"].ignore_range = True
+    assert partial.exists() and state["total"] == SIZE
+    assert engine().fetch(download(served, tmp_path)).status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+
+
+def test_if_range_restarts_when_the_file_changed_between_runs(engine, served, tmp_path):
+    served.fault("/m.safetensors", Fault(reset_at=2_000_000), *[Fault(status=503)] * 20)
+    with pytest.raises(FetchError):
+        engine(retry=RetryPolicy(attempts=2, base=0.01), per_file=1).fetch(
+            download(served, tmp_path, checksum=False)
+        )
+    served.faults.clear()
+    new = blob(SIZE, seed=99)
+    served.add("/m.safetensors", new)  # same size, new ETag
+    engine().fetch(download(served, tmp_path, data=new))
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(new)
+
+
+def test_wrong_bytes_fail_with_both_hashes_and_never_take_the_final_name(engine, cdn, tmp_path):
+    cdn.add("/m.safetensors", DATA, wrong_bytes=True)
+    with pytest.raises(FetchError) as err:
+        engine().fetch(download(cdn, tmp_path))
+    assert f"checksum mismatch: expected sha256:{sha256(DATA)}, got sha256:" in str(err.value)
+    assert on_disk(tmp_path) == []  # the bad .part is gone too
+
+
+def test_size_mismatch_is_refused(engine, served, tmp_path):
+    d = download(served, tmp_path, checksum=False)
+    d.size = SIZE + 1
+    with pytest.raises(FetchError, match=f"offers {SIZE} bytes, but the source says {SIZE + 1}"):
+        engine().fetch(d)
+    assert "m.safetensors" not in on_disk(tmp_path)
+
+
+def test_a_correct_existing_file_is_hashed_once_then_skipped_without_reading(
+    engine, served, tmp_path, monkeypatch
+):
+    dest = tmp_path / "models" / "m.safetensors"
+    dest.parent.mkdir()
+    dest.write_bytes(DATA)
+    assert engine().fetch(download(served, tmp_path)).status == "skipped"
+    assert served.requests == []
+    import provision.engine as engine_module
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(engine_module, "hash_file", no_hashing)
+    assert engine().fetch(download(served, tmp_path)).status == "skipped"
+    with pytest.raises(AssertionError, match="hashed again"):
+        engine(verify=True).fetch(download(served, tmp_path))
+
+
+def test_a_wrong_existing_file_is_replaced(engine, served, tmp_path):
+    dest = tmp_path / "models" / "m.safetensors"
+    dest.parent.mkdir()
+    dest.write_bytes(blob(SIZE, seed=5))  # right size, wrong bytes
+    assert engine().fetch(download(served, tmp_path)).status == "ok"
+    assert sha256(dest.read_bytes()) == sha256(DATA)
+
+
+def test_verify_catches_a_file_changed_behind_our_back(engine, served, tmp_path):
+    d = download(served, tmp_path)
+    engine().fetch(d)
+    dest = d.dest
+    stat = dest.stat()
+    with open(dest, "r+b") as file:  # bit rot: same size, same mtime
+        file.seek(100)
+        file.write(b"\x00\x01\x02")
+    os.utime(dest, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert engine().fetch(d).status == "skipped"  # the record still matches
+    assert engine(verify=True).fetch(d).status == "ok"  # re-hashed, found wrong, replaced
+    assert sha256(dest.read_bytes()) == sha256(DATA)
+
+
+def test_no_space_is_refused_before_any_request(engine, served, tmp_path):
+    d = download(served, tmp_path, size=False, checksum=False)
+    d.size_hint = 1 << 60
+    with pytest.raises(FetchError, match="not enough disk space: needs"):
+        engine().fetch(d)
+    assert served.requests == []
+
+
+def test_unknown_size_single_stream(engine, cdn, tmp_path):
+    cdn.add("/m.safetensors", DATA, ranges=False)
+    result = engine().fetch(download(cdn, tmp_path, size=False, checksum=False))
+    assert result.status == "ok" and (tmp_path / "models" / "m.safetensors").read_bytes() == DATA
+
+
+def test_empty_file(engine, cdn, tmp_path):
+    cdn.add("/m.safetensors", b"")
+    assert engine().fetch(download(cdn, tmp_path, data=b"")).status == "ok"
+    assert (tmp_path / "models" / "m.safetensors").read_bytes() == b""
+
+
+def test_connection_cap_is_respected(engine, cdn, tmp_path):
+    import threading
+
+    cdn.add("/m.safetensors", DATA)
+    cdn.rate = 16 * 1024 * 1024
+    eng = engine(connections=2, per_file=8)
+    open_responses, peak, lock = [0], [0], threading.Lock()
+    original_open = eng.open
+
+    def counting_open(d, headers):
+        response = original_open(d, headers)
+        with lock:
+            open_responses[0] += 1
+            peak[0] = max(peak[0], open_responses[0])
+        close = response.close
+
+        def counted_close():
+            with lock:
+                open_responses[0] -= 1
+            close()
+
+        response.close = counted_close
+        return response
+
+    eng.open = counting_open
+    eng.fetch(download(cdn, tmp_path))
+    assert peak[0] == 2
+
+
+def test_ranges_merge_and_gaps():
+    ranges = Ranges([[10, 20], [0, 5]])
+    ranges.add(5, 10)
+    ranges.add(30, 40)
+    assert ranges.spans == [[0, 20], [30, 40]]
+    assert ranges.gaps(50) == [(20, 30), (40, 50)]
+    assert (ranges.covered(), ranges.prefix_end(), ranges.first_gap(50)) == (30, 20, 20)

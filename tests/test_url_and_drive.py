@@ -1,0 +1,128 @@
+"""Plain URLs and Google Drive: names from the server (sanitised), headers, redirects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import blob, sha256, tree
+from .fakes.gdrive import DriveFile
+from .fakes.server import FakeServer
+
+DATA = blob(150_000, seed=7)
+
+
+def run(cli, write_config, body: str, *args):
+    return cli(str(write_config(body)), "--json", *args)
+
+
+@pytest.mark.parametrize(
+    ("disposition", "expected"),
+    [
+        ('attachment; filename="plain.pth"', "plain.pth"),
+        ("attachment; filename=\"fallback.pth\"; filename*=UTF-8''%E2%9C%93%20real.pth", "✓ real.pth"),
+        ('attachment; filename="../../../../etc/evil.pth"', "evil.pth"),
+        ("attachment; filename*=UTF-8''..%2F..%2F.bashrc", "bashrc"),
+    ],
+)
+def test_name_from_content_disposition_is_sanitised(
+    cli, write_config, cdn, models, workspace, disposition, expected
+):
+    cdn.add("/dl", DATA, content_disposition=disposition)
+    result = run(cli, write_config, f'[models.esrgan.x]\nurl = "{cdn.url}/dl"\n')
+    assert result.code == 0, result.err
+    assert tree(models) == [f"ESRGAN/{expected}"]
+    assert sorted(p.name for p in workspace.iterdir()) == [".provision", "logs", "sdnext"]
+
+
+def test_name_from_the_url_path_and_from_the_item(cli, write_config, cdn, models):
+    cdn.add("/files/4x%20Ultra.pth", DATA)
+    body = (
+        f'[models.esrgan]\na = "{cdn.url}/files/4x%20Ultra.pth?x=1"\n'
+        f'[models.swinir.b]\nurl = "{cdn.url}/files/4x%20Ultra.pth"\nfilename = "mine.pth"\n'
+    )
+    result = run(cli, write_config, body)
+    assert result.code == 0, result.err
+    assert tree(models) == ["ESRGAN/4x Ultra.pth", "SwinIR/mine.pth"]
+
+
+class Mirror(FakeServer):
+    """Needs X-Api-Key, then redirects to the CDN (another host)."""
+
+    cdn_url = ""
+
+    def handle(self, h, path, query):
+        if h.headers.get("X-Api-Key") != "mirror-secret-1":
+            h.reply(403, b"no key")
+        elif path == "/model.safetensors":
+            h.reply(302, b"", {"Location": f"{self.cdn_url}/stored.safetensors"})
+        elif path == "/ftp":
+            h.reply(302, b"", {"Location": "ftp://127.0.0.1/x"})
+        elif path == "/loop":
+            h.reply(302, b"", {"Location": "/loop"})
+        else:
+            h.reply(404, b"")
+
+
+@pytest.fixture
+def mirror(cdn):
+    server = Mirror()
+    server.cdn_url = cdn.url
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_headers_with_env_secrets_go_to_their_host_only(cli, write_config, cdn, mirror, monkeypatch, models):
+    monkeypatch.setenv("MIRROR_KEY", "mirror-secret-1")
+    cdn.add("/stored.safetensors", DATA)
+    body = f'[models.lora.m]\nurl = "{mirror.url}/model.safetensors"\nheaders = {{ X-Api-Key = "${{MIRROR_KEY}}" }}\n'
+    result = run(cli, write_config, body)
+    assert result.code == 0, result.err
+    assert sha256((models / "Lora" / "model.safetensors").read_bytes()) == sha256(DATA)
+    assert cdn.requests and not any("x-api-key" in r.headers for r in cdn.requests)
+    assert "mirror-secret-1" not in result.text
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("/ftp", "refused a redirect to a non-http(s) URL"), ("/loop", "Exceeded 10 redirects")],
+)
+def test_redirects_only_to_http_and_with_a_limit(
+    cli, write_config, mirror, monkeypatch, path, message, models
+):
+    monkeypatch.setenv("MIRROR_KEY", "mirror-secret-1")
+    body = f'[models.lora.m]\nurl = "{mirror.url}{path}"\nfilename = "m.bin"\nheaders = {{ X-Api-Key = "${{MIRROR_KEY}}" }}\n'
+    result = run(cli, write_config, body)
+    assert result.code == 1 and message in result.err
+    assert tree(models) == []
+
+
+def test_a_404_url_names_the_url_without_its_token(cli, write_config, cdn, models):
+    result = run(cli, write_config, f'[models.lora.x]\nurl = "{cdn.url}/gone.bin?token=sekret-999"\n')
+    assert result.code == 1
+    assert f"{cdn.url}/gone.bin?token=*** answered 404: check the URL" in result.err
+    assert "sekret-999" not in result.text
+
+
+@pytest.mark.parametrize("mode", ["direct", "confirm"])
+def test_google_drive_file_through_the_confirm_page(cli, write_config, drive, models, mode):
+    drive.files["1AbCdEfGhIjKlMnOpQr"] = DriveFile("my lora.safetensors", DATA, mode)
+    result = run(
+        cli,
+        write_config,
+        '[models.lora]\nd = "https://drive.google.com/file/d/1AbCdEfGhIjKlMnOpQr/view?usp=sharing"\n',
+    )
+    assert result.code == 0, result.err
+    assert (models / "Lora" / "my lora.safetensors").read_bytes() == DATA
+
+
+def test_google_drive_quota_page_is_explained(cli, write_config, drive, models):
+    drive.files["1AbCdEfGhIjKlMnOpQr"] = DriveFile("x.safetensors", DATA, "quota")
+    result = run(
+        cli, write_config, '[models.lora]\nd = "https://drive.google.com/open?id=1AbCdEfGhIjKlMnOpQr"\n'
+    )
+    assert result.code == 1
+    assert "Google Drive download quota exceeded" in json.loads(result.out)[0]["reason"]
+    assert tree(models) == []
