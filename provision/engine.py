@@ -304,13 +304,16 @@ class _Transfer:
     def _first_request(self) -> None:
         """Ask for the first missing bytes: learn whether ranges work and the total size, and
         write what comes back. Retried as a whole; each try starts at the first missing byte."""
-        start = self.done.first_gap(self.total) if self.total is not None else 0
-        if self.total is not None and start >= self.total:
+        gaps = self.done.gaps(self.total) if self.total is not None else [(0, None)]
+        if not gaps:
             self._announce()
             return  # everything is on disk already: only verification is left
+        start, gap_end = gaps[0]
         headers = {}
         if self.segmented:
-            end = start + self._piece_size(self.total or self.download.expected_size) - 1
+            end = start + self._piece_size(self.total or self.download.expected_size)
+            end = min(end, gap_end) if gap_end is not None else end
+            end -= 1
             headers["Range"] = f"bytes={start}-{end}"
             if self.validator and start > 0:
                 headers["If-Range"] = self.validator
@@ -567,10 +570,6 @@ class Ranges:
         if total is not None and position < total:
             result.append((position, total))
         return result
-
-    def first_gap(self, total: int | None) -> int:
-        gaps = self.gaps(total)
-        return gaps[0][0] if gaps else (total or 0)
 
 
 def hash_file(path: Path, algorithm: str = "sha256") -> Checksum:

@@ -261,4 +261,4 @@ def test_ranges_merge_and_gaps():
     ranges.add(30, 40)
     assert ranges.spans == [[0, 20], [30, 40]]
     assert ranges.gaps(50) == [(20, 30), (40, 50)]
-    assert (ranges.covered(), ranges.prefix_end(), ranges.first_gap(50)) == (30, 20, 20)
+    assert (ranges.covered(), ranges.prefix_end()) == (30, 20)

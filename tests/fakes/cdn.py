@@ -45,6 +45,7 @@ class FakeCDN(FakeServer):
     body_bytes: int = 0
     rate: float | None = None  # bytes per second per connection (a CDN's cap)
     require_header: tuple[str, str] | None = None
+    active_sends: int = 0  # bodies being sent right now (a killed client's may linger)
     reject_authorization: bool = True  # presigned storage answers 400 to an Authorization header
 
     def add(self, path: str, data: bytes, **options) -> Served:
@@ -112,6 +113,20 @@ class FakeCDN(FakeServer):
         self._send(h, data[start : end + 1], fault)
 
     def _send(self, h: Handler, body: bytes, fault: Fault) -> None:
+        with self.lock:
+            self.active_sends += 1
+        try:
+            self._send_body(h, body, fault)
+        finally:
+            with self.lock:
+                self.active_sends -= 1
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.active_sends and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _send_body(self, h: Handler, body: bytes, fault: Fault) -> None:
         sent, step = 0, 64 * 1024
         began = time.monotonic()
         while sent < len(body):

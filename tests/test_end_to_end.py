@@ -1,0 +1,187 @@
+"""Whole runs of `provision` as a user sees them: kill and resume, re-runs, the report, the log,
+and secrets that never show up anywhere."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provision.engine import Ranges
+
+from .conftest import SECRET_VARS, blob, sha256, tree
+from .fakes.civitai import VersionFile
+
+SIZE = 24 * 1024 * 1024
+DATA = blob(SIZE, seed=21)
+
+
+def start_provision(config: Path, workspace: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    env.update({"PROVISION_RETRY_BASE": "0.01", **(extra_env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_mid_download_resumes_with_only_the_missing_bytes(cdn, write_config, workspace, models):
+    cdn.add("/big.safetensors", DATA)
+    cdn.rate = 1024 * 1024  # per connection, so the download takes a few seconds
+    config = write_config(f'[models.checkpoints]\nbig = "{cdn.url}/big.safetensors"\n')
+    dest = models / "Stable-diffusion" / "big.safetensors"
+    state = dest.with_name("big.safetensors.part.state")
+
+    process = start_provision(config, workspace)
+    deadline = time.monotonic() + 60
+    covered = 0
+    while time.monotonic() < deadline and covered < 6 * 1024 * 1024:
+        assert not dest.exists(), "an unfinished file sits under its final name"
+        if state.exists():
+            with contextlib.suppress(ValueError):  # caught mid-replace: read again next time
+                covered = Ranges(json.loads(state.read_text())["done"]).covered()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert not dest.exists()
+
+    left = Ranges(json.loads(state.read_text())["done"])
+    missing = SIZE - left.covered()
+    assert 0 < missing < SIZE - 5 * 1024 * 1024
+    cdn.rate = None
+    cdn.wait_idle()  # the killed client's connections: let the server notice they are gone
+    first_run_bytes = cdn.body_bytes
+    cdn.body_bytes = 0
+
+    process = start_provision(config, workspace)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert sha256(dest.read_bytes()) == sha256(DATA)
+    assert cdn.body_bytes == missing  # exactly the gaps, nothing twice
+    # Little was lost at the kill: what was sent but not recorded (in flight, socket buffers).
+    assert first_run_bytes - left.covered() < 6 * 1024 * 1024
+    assert tree(models) == ["Stable-diffusion/big.safetensors"]
+    (row,) = json.loads(out)
+    assert (row["status"], row["bytes"], row["size"]) == ("ok", missing, SIZE)
+
+
+def test_a_rerun_with_everything_in_place_reads_no_model_bytes(
+    cli, write_config, cdn, hub, workspace, models
+):
+    cdn.add("/a.pth", blob(100_000, seed=1))
+    hub.add_repo("org/m", {"vae.safetensors": blob(50_000, seed=2)})
+    config = str(
+        write_config(
+            f'[models.esrgan]\na = "{cdn.url}/a.pth"\n'
+            '[models.vae.v]\nrepo = "org/m"\nfile = "vae.safetensors"\n'
+        )
+    )
+    first = cli(config, "--json")
+    assert first.code == 0, first.err
+    assert [r["status"] for r in json.loads(first.out)] == ["ok", "ok"]
+    cdn.body_bytes = 0
+    cdn.requests.clear()
+    again = cli(config, "--json")
+    assert again.code == 0
+    rows = json.loads(again.out)
+    assert [(r["status"], r["bytes"]) for r in rows] == [("skipped", 0), ("skipped", 0)]
+    assert cdn.body_bytes == 0 and all(r.method == "HEAD" for r in cdn.requests)
+    # The records live outside the models folder: SD.Next sees only the models.
+    assert tree(models) == ["ESRGAN/a.pth", "VAE/vae.safetensors"]
+    assert (workspace / ".provision" / "verified.json").exists()
+    log = (workspace / "logs" / "provision.log").read_text()
+    assert "skipped models.esrgan.a: already in place and verified" in log
+
+
+def test_a_failed_item_does_not_stop_the_others_and_the_report_says_why(cli, write_config, cdn, models):
+    cdn.add("/good.pth", b"good bytes")
+    result = cli(
+        str(write_config(f'[models.esrgan]\ngood = "{cdn.url}/good.pth"\nbad = "{cdn.url}/missing.pth"\n')),
+        "--json",
+    )
+    assert result.code == 1
+    good, bad = json.loads(result.out)
+    assert (good["status"], good["bytes"]) == ("ok", 10)
+    assert bad["status"] == "failed" and "answered 404: check the URL" in bad["reason"]
+    assert {"category", "name", "source", "dest", "size", "status", "bytes", "seconds", "reason"} <= set(bad)
+    assert tree(models) == ["ESRGAN/good.pth"]
+    assert "failed: esrgan.bad:" in result.err
+
+
+def test_log_has_item_lines_and_a_periodic_total_without_a_terminal(write_config, cdn, workspace):
+    cdn.add("/slow.pth", blob(3 * 1024 * 1024, seed=3))
+    cdn.rate = 1024 * 1024
+    config = write_config(f'[models.esrgan]\nslow = "{cdn.url}/slow.pth"\n')
+    process = start_provision(config, workspace, {"PROVISION_PROGRESS_INTERVAL": "0.3"})
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    log = (workspace / "logs" / "provision.log").read_text()
+    assert "start models.esrgan.slow ->" in log and "done models.esrgan.slow: 3.0 MiB in" in log
+    assert "progress: " in log and "of 3.0 MiB at" in log and "file(s) active" in log
+    assert log.count("progress: ") < 40  # periodic, not per chunk
+
+
+def test_no_secret_reaches_logs_reports_output_or_process_arguments(
+    write_config, cdn, civitai, hub, workspace
+):
+    hf_token, civitai_token, header_secret = (
+        "hf_supersecret_AAAA",
+        "civ_supersecret_BBBB",
+        "hdr_supersecret_CCCC",
+    )
+    hub.valid_tokens.add(hf_token)
+    hub.add_repo("org/gated", {"m.safetensors": blob(40_000, seed=4)}, gated=True, accepted_tokens={hf_token})
+    civitai.valid_tokens.add(civitai_token)
+    civitai.add_version(11, 10, [VersionFile("c.safetensors", blob(30_000, seed=5))])
+    cdn.add("/p.pth", b"private")
+    config = write_config(
+        '[models.unet.g]\nrepo = "org/gated"\nfile = "m.safetensors"\ngated = true\n'
+        "[models.lora.c]\nversion_id = 11\n"
+        f'[models.esrgan.p]\nurl = "{cdn.url}/p.pth?token=urlsecret_DDDD"\nheaders = {{ X-Key = "${{HDR}}" }}\n'
+        f'[models.esrgan.q]\nurl = "{cdn.url}/nope.pth?token=urlsecret_DDDD"\n'
+    )
+    env = {
+        "HF_TOKEN": hf_token,
+        "CIVITAI_TOKEN": civitai_token,
+        "HDR": header_secret,
+        "HF_ENDPOINT": hub.url,
+        "CIVITAI_ENDPOINT": civitai.url,
+    }
+    process = start_provision(config, workspace, env)
+    cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode(errors="replace")
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1  # q is a 404
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert [rows[n]["status"] for n in "gcp"] == ["ok", "ok", "ok"]
+    everything = out + err + cmdline + "".join(p.read_text() for p in (workspace / "logs").rglob("*.log"))
+    everything += (workspace / ".provision" / "verified.json").read_text()
+    for secret in (hf_token, civitai_token, header_secret, "urlsecret_DDDD"):
+        assert secret not in everything
+    assert "token=***" in everything  # the failing URL is still named, masked
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_jobs_limits_files_at_once(write_config, cdn, workspace, models, jobs):
+    for n in range(4):
+        cdn.add(f"/f{n}.pth", blob(200_000, seed=n))
+    config = write_config("[models.esrgan]\n" + "".join(f'f{n} = "{cdn.url}/f{n}.pth"\n' for n in range(4)))
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    result = subprocess.run(
+        [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), "--jobs", jobs, "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert tree(models) == [f"ESRGAN/f{n}.pth" for n in range(4)]
