@@ -24,7 +24,7 @@ log = logging.getLogger("provision")
 
 DEFAULT_JOBS = 5
 DEFAULT_CONNECTIONS = 16  # in all, across files
-PER_FILE_CONNECTIONS = 8
+PER_FILE_CONNECTIONS = 16  # a file may use them all while no other file needs them
 
 
 class Provisioner:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -78,21 +80,61 @@ class Progress:
     def file_finished(self, download: Download) -> None: ...
 
 
+class ConnectionSlots:
+    """The global cap on connections, granted earliest-started file first.
+
+    A plain semaphore hands slots to whichever thread asks first, so five files share sixteen
+    connections evenly and the biggest one finishes last, alone. Granting by file order (and
+    starting the biggest files first) keeps the big files at full speed from the start, which
+    is what makes the whole set finish early.
+    """
+
+    def __init__(self, count: int):
+        self.free = count
+        self.condition = threading.Condition()
+        self.waiting: list[tuple[int, int]] = []  # (priority, ticket), a heap
+        self.tickets = itertools.count()
+
+    def acquire(self, priority: int) -> None:
+        with self.condition:
+            entry = (priority, next(self.tickets))
+            heapq.heappush(self.waiting, entry)
+            while not (self.free > 0 and self.waiting[0] == entry):
+                self.condition.wait()
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            self.condition.notify_all()
+
+    def release(self) -> None:
+        with self.condition:
+            self.free += 1
+            self.condition.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, priority: int):
+        self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class Engine:
     def __init__(
         self,
         records: VerifiedRecords,
         *,
         connections: int = 16,
-        per_file: int = 8,
+        per_file: int = 16,
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] = (10, 30),
         verify: bool = False,
         session_factory: Callable[[], requests.Session] = new_session,
     ):
         self.records = records
-        self.connection_slots = threading.BoundedSemaphore(connections)
+        self.slots = ConnectionSlots(connections)
         self.per_file = max(1, min(per_file, connections))
+        self._priorities = itertools.count()
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.verify = verify
@@ -229,6 +271,9 @@ class _Transfer:
         self.last_save = 0.0
         self.announced = False
         self.hasher = _Hasher(self)
+        self.priority = next(engine._priorities)
+        # The first 206 answer, handed to the piece workers with its connection slot held.
+        self.prefetched: tuple[int, int, requests.Response] | None = None
 
     # -- state of the .part ----------------------------------------------------------------
 
@@ -292,9 +337,25 @@ class _Transfer:
             self._finish()
         finally:
             self.stop.set()
+            self._drop_prefetched()
             if self.announced:
                 self.progress.file_finished(self.download)
         return self.transferred
+
+    def _take_prefetched(self, start: int) -> requests.Response | None:
+        with self.lock:
+            if self.prefetched is None or self.prefetched[0] != start:
+                return None
+            response = self.prefetched[2]
+            self.prefetched = None
+            return response
+
+    def _drop_prefetched(self) -> None:
+        with self.lock:
+            prefetched, self.prefetched = self.prefetched, None
+        if prefetched is not None:
+            prefetched[2].close()
+            self.engine.slots.release()
 
     def _announce(self) -> None:
         if not self.announced:
@@ -302,8 +363,10 @@ class _Transfer:
             self.progress.file_started(self.download, self.total, self.done.covered())
 
     def _first_request(self) -> None:
-        """Ask for the first missing bytes: learn whether ranges work and the total size, and
-        write what comes back. Retried as a whole; each try starts at the first missing byte."""
+        """Ask for the first missing bytes to learn whether ranges work and the total size.
+        A 206 answer becomes the first piece (its body is read by a piece worker, while the
+        others start at once); a 200 answer is the whole file, written here. Retried as a
+        whole; each try starts at the first missing byte."""
         gaps = self.done.gaps(self.total) if self.total is not None else [(0, None)]
         if not gaps:
             self._announce()
@@ -313,11 +376,11 @@ class _Transfer:
         if self.segmented:
             end = start + self._piece_size(self.total or self.download.expected_size)
             end = min(end, gap_end) if gap_end is not None else end
-            end -= 1
-            headers["Range"] = f"bytes={start}-{end}"
+            headers["Range"] = f"bytes={start}-{end - 1}"
             if self.validator and start > 0:
                 headers["If-Range"] = self.validator
-        with self.engine.connection_slots:
+        self.engine.slots.acquire(self.priority)
+        try:
             response = self.engine.open(self.download, headers)
             if response.status_code == 206:
                 total = _content_range_total(response)
@@ -329,8 +392,12 @@ class _Transfer:
                 if self.total is None:
                     self._start_part(total, _validator(response))
                 self._announce()
-                self._write_body(response, start, _content_range_end(response) + 1)
-                return
+                self.prefetched = (start, _content_range_end(response) + 1, response)
+                return  # the slot stays held until a piece worker has read the body
+        except BaseException:
+            self.engine.slots.release()
+            raise
+        try:
             # 200: the whole file from byte 0 (no ranges, or If-Range said it changed).
             if "Range" in headers and self.done.covered():
                 log.warning(f"{self.download.dest.name}: the server ignored Range; starting over from byte 0")
@@ -342,6 +409,8 @@ class _Transfer:
             written = self._write_body(response, 0, self.total)
             if self.total is None:
                 self.total = written
+        finally:
+            self.engine.slots.release()
 
     def _start_part(self, total: int | None, validator: str | None) -> None:
         expected = self.download.size
@@ -391,7 +460,12 @@ class _Transfer:
         size = self._piece_size(self.total)
         with self.lock:
             gaps = self.done.gaps(self.total)
-        pieces = [piece for gap in gaps for piece in _split(gap[0], gap[1], size)]
+            first = self.prefetched
+        pieces = []
+        if first is not None:  # its range is on its way: the first piece, and no other's
+            pieces.append((first[0], first[1]))
+            gaps = [(max(a, first[1]) if a == first[0] else a, b) for a, b in gaps]
+        pieces += [piece for gap in gaps for piece in _split(gap[0], gap[1], size)]
         if not pieces:
             return
         queue = list(reversed(pieces))
@@ -424,6 +498,13 @@ class _Transfer:
             self.stop.set()
 
     def _fetch_piece(self, start: int, end: int) -> None:
+        response = self._take_prefetched(start)
+        if response is not None:
+            try:
+                self._write_body(response, start, end)
+            finally:
+                self.engine.slots.release()
+            return
         with self.lock:
             gaps = [g for g in self.done.gaps(end) if g[1] > start]
         if not gaps:
@@ -432,7 +513,7 @@ class _Transfer:
         headers = {"Range": f"bytes={begin}-{end - 1}"}
         if self.validator:
             headers["If-Range"] = self.validator
-        with self.engine.connection_slots:
+        with self.engine.slots.hold(self.priority):
             response = self.engine.open(self.download, headers)
             if response.status_code != 206:
                 response.close()
@@ -516,7 +597,7 @@ class _Hasher:
             with open(self.transfer.part, "rb") as file:
                 file.seek(self.upto)
                 while self.upto < ready:
-                    block = file.read(min(8 * MiB, ready - self.upto))
+                    block = file.read(min(2 * MiB, ready - self.upto))
                     if not block:
                         break
                     self.digest.update(block)

@@ -13,8 +13,6 @@ import re
 from collections.abc import Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from gdown.parse_url import parse_url as gdown_parse_url
-
 from .plan import CivitaiSpec, GDriveSpec, HuggingFaceSpec
 
 HF_HOSTS = {"huggingface.co", "www.huggingface.co", "hf.co"}
@@ -77,8 +75,11 @@ def gdrive_file_id(url: str, env: Mapping[str, str] | None = None) -> str | None
     env = os.environ if env is None else env
     if not _is_service(url, env, "GDRIVE_ENDPOINT", DEFAULT_GDRIVE_ENDPOINT, GDRIVE_HOSTS):
         return None
-    parts = urlsplit(url)
     # gdown knows the share forms but only for drive/docs hosts: ask it with the real host.
+    # (Imported here: the gdown package pulls in BeautifulSoup, a fifth of a second.)
+    from gdown.parse_url import parse_url as gdown_parse_url
+
+    parts = urlsplit(url)
     file_id, _ = gdown_parse_url(parts._replace(netloc="drive.google.com").geturl())
     if file_id is None:
         file_id = parse_qs(parts.query).get("id", [None])[0]

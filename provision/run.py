@@ -100,6 +100,8 @@ def _fetch_all(work: list[_Work], provisioner: Provisioner) -> list[ItemResult]:
         verify=provisioner.verify,
     )
     jobs = [(entry, download) for entry in work if not entry.error for download in entry.downloads]
+    # Biggest first: the longest transfers start at full speed and nothing big is left for last.
+    jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
     progress = make_progress(provisioner.progress, expected)
 
@@ -107,7 +109,12 @@ def _fetch_all(work: list[_Work], provisioner: Provisioner) -> list[ItemResult]:
         entry, download = job
         if entry.started is None:
             entry.started = time.monotonic()
-            log.info(f"start {entry.item.table} -> {entry.item.dest}")
+            target = (
+                download.dest
+                if len(entry.downloads) == 1
+                else f"{entry.item.dest}/ ({len(entry.downloads)} files)"
+            )
+            log.info(f"start {entry.item.table} -> {target}")
         try:
             result = engine.fetch(download, progress)
             entry.bytes += result.bytes

@@ -7,6 +7,7 @@ engine's job.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -45,23 +46,30 @@ class Context:
 
 
 def resolve(item: Item, ctx: Context) -> list[Download]:
-    from . import civitai, gdrive, huggingface, url
-
-    module = {HuggingFaceSpec: huggingface, CivitaiSpec: civitai, UrlSpec: url, GDriveSpec: gdrive}
-    return module[type(item.spec)].resolve(item, ctx)
+    # Imported on first use: huggingface_hub costs memory and start-up time a URL-only run skips.
+    module_name = {
+        HuggingFaceSpec: "huggingface",
+        CivitaiSpec: "civitai",
+        UrlSpec: "url",
+        GDriveSpec: "gdrive",
+    }
+    module = importlib.import_module(f".{module_name[type(item.spec)]}", __name__)
+    return module.resolve(item, ctx)
 
 
 def check_tokens(items: list[Item], ctx: Context) -> dict[str, str]:
     """Check each token once, for the sources the plan uses: {source: problem} for bad ones."""
-    from . import civitai, huggingface
-
     problems = {}
     sources = {item.source for item in items}
     if "huggingface" in sources and os.environ.get("HF_TOKEN"):
+        from . import huggingface  # huggingface_hub is a heavy import: only when needed
+
         problem = huggingface.check_token(ctx)
         if problem:
             problems["huggingface"] = problem
     if "civitai" in sources and os.environ.get("CIVITAI_TOKEN"):
+        from . import civitai
+
         problem = civitai.check_token(ctx)
         if problem:
             problems["civitai"] = problem

@@ -1,0 +1,301 @@
+"""Benchmark: provision a realistic model set from a loopback CDN and compare with the peers.
+
+    python bench/run.py [--rate-mib 16] [--connections 16] [--scale 1.0] [--skip-8g] [--data DIR]
+
+The set: one 2 GiB checkpoint, one 1 GiB text encoder, one 320 MiB VAE and four 150 MiB LoRAs,
+served by bench/server.py with Range support and a per-connection rate cap (as a CDN has).
+In the same run it measures:
+
+- provision (this tool), --connections N --jobs 5;
+- aria2c with the same connection budget, both ways (-j 2 -x N/2 -s N/2 and -j 1 -x N -s N);
+- curl, one file after another, one stream each (what the earlier images did);
+- huggingface_hub's hf_hub_download, one file after another, against the same server
+  speaking the Hub's resolve protocol;
+- provision again with everything in place (model bytes the server sent: should be 0);
+- provision's peak memory on a 2 GiB file and on an 8 GiB file (flat in file size).
+
+Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree) and peak RSS,
+from wait4(). Not part of the test run; needs aria2c and curl (apt-get install aria2 curl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parent.parent
+SET = [
+    ("checkpoint.safetensors", 2048),
+    ("text_encoder.safetensors", 1024),
+    ("vae.safetensors", 320),
+    *[(f"lora{n}.safetensors", 150) for n in range(1, 5)],
+]
+
+
+@dataclass
+class Row:
+    tool: str
+    wall: float
+    cpu: float
+    peak_mib: float
+    size: int
+    note: str = ""
+
+    @property
+    def throughput(self) -> float:
+        return self.size / MiB / self.wall if self.wall else 0.0
+
+
+def make_file(path: Path, size_mib: int, seed: int) -> None:
+    """Incompressible bytes that differ block by block, and their sha256 beside the file."""
+    if (
+        path.exists()
+        and path.stat().st_size == size_mib * MiB
+        and path.with_name(path.name + ".sha256").exists()
+    ):
+        return
+    block = bytearray(os.urandom(MiB))
+    digest = hashlib.sha256()
+    with open(path, "wb") as file:
+        for n in range(size_mib):
+            block[:16] = n.to_bytes(8, "little") + seed.to_bytes(8, "little")
+            file.write(block)
+            digest.update(block)
+    path.with_name(path.name + ".sha256").write_text(digest.hexdigest())
+
+
+def measure(tool: str, command: list[str], size: int, env: dict | None = None, note: str = "") -> Row:
+    start = time.monotonic()
+    process = subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - start
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{tool} failed ({status}): {stderr[-2000:]}")
+    return Row(tool, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, size, note)
+
+
+def server_bytes(base: str) -> int:
+    with urllib.request.urlopen(f"{base}/stats") as response:
+        return int(response.read())
+
+
+def check(folder: Path, data: Path, names: list[str]) -> None:
+    for name in names:
+        found = next(folder.rglob(name), None)
+        if found is None:
+            raise SystemExit(f"missing {name} under {folder}")
+        digest = hashlib.sha256()
+        with open(found, "rb") as file:
+            while block := file.read(8 * MiB):
+                digest.update(block)
+        if digest.hexdigest() != (data / f"{name}.sha256").read_text().strip():
+            raise SystemExit(f"{found}: wrong bytes")
+
+
+def provision_config(base: str, names: list[str], path: Path) -> Path:
+    lines = ["[models.checkpoints]"] + [f'{Path(n).stem} = "{base}/files/{n}"' for n in names]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate-mib", type=float, default=16.0, help="per-connection cap, MiB/s (default 16)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--scale", type=float, default=1.0, help="scale file sizes (0.1 for a quick try)")
+    parser.add_argument("--skip-8g", action="store_true", help="skip the 2 GiB vs 8 GiB memory check")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "provision-bench-data")
+    parser.add_argument("--port", type=int, default=18777)
+    args = parser.parse_args()
+
+    data = args.data
+    data.mkdir(parents=True, exist_ok=True)
+    files = [(name, max(1, int(size * args.scale))) for name, size in SET]
+    print(f"preparing {sum(s for _, s in files)} MiB of test files in {data} ...", file=sys.stderr)
+    for seed, (name, size) in enumerate(files):
+        make_file(data / name, size, seed)
+    if not args.skip_8g:
+        make_file(data / "big2g.safetensors", int(2048 * args.scale), 100)
+        make_file(data / "big8g.safetensors", int(8192 * args.scale), 101)
+    names = [name for name, _ in files]
+    total = sum((data / n).stat().st_size for n in names)
+
+    base = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "bench" / "server.py"),
+            str(data),
+            str(args.port),
+            str(args.rate_mib * MiB),
+        ]
+    )
+    work = Path(tempfile.mkdtemp(prefix="provision-bench-"))
+    rows: list[Row] = []
+    try:
+        time.sleep(1.0)
+        conns = args.connections
+
+        def fresh(name: str) -> Path:
+            folder = work / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            return folder
+
+        ws = fresh("provision")
+        config = provision_config(base, names, work / "models.toml")
+        ours_cmd = [
+            sys.executable,
+            "-m",
+            "provision",
+            str(config),
+            "--workspace",
+            str(ws),
+            "--connections",
+            str(conns),
+            "--jobs",
+            "5",
+            "-q",
+        ]
+        rows.append(measure("provision", ours_cmd, total, env={"PYTHONPATH": str(REPO)}))
+        check(ws, data, names)
+        before = server_bytes(base)
+        rerun = measure("provision (re-run)", ours_cmd, total, env={"PYTHONPATH": str(REPO)})
+        rerun.note = f"model bytes sent: {server_bytes(base) - before}"
+        rerun.size = 0
+        rows.append(rerun)
+        shutil.rmtree(ws)
+
+        # aria2c's two ways to spend the same connection budget: two files of N/2, or one of N.
+        (work / "aria2.txt").write_text("".join(f"{base}/files/{n}\n  out={n}\n" for n in names))
+        half = max(1, conns // 2)
+        for jobs, per_file in ((2, half), (1, min(conns, 16))):
+            out = fresh("aria2")
+            options = ["-j", str(jobs), "-x", str(per_file), "-s", str(per_file)]
+            rows.append(
+                measure(
+                    "aria2c",
+                    [
+                        "aria2c",
+                        "-i",
+                        str(work / "aria2.txt"),
+                        "-d",
+                        str(out),
+                        *options,
+                        "-k",
+                        "4M",
+                        "--file-allocation=none",
+                        "--console-log-level=warn",
+                        "--summary-interval=0",
+                        "--allow-overwrite=true",
+                        "--auto-file-renaming=false",
+                    ],
+                    total,
+                    note=" ".join(options),
+                )
+            )
+            check(out, data, names)
+            shutil.rmtree(out)
+
+        out = fresh("curl")
+        script = " && ".join(f"curl -sS --fail -o {out / n} {base}/files/{n}" for n in names)
+        rows.append(measure("curl (sequential)", ["sh", "-c", script], total))
+        check(out, data, names)
+        shutil.rmtree(out)
+
+        out = fresh("hf")
+        hf_script = (
+            "import sys\nfrom huggingface_hub import hf_hub_download\n"
+            "for name in sys.argv[2:]:\n"
+            "    hf_hub_download('bench/models', name, local_dir=sys.argv[1])\n"
+        )
+        rows.append(
+            measure(
+                "hf_hub_download",
+                [sys.executable, "-c", hf_script, str(out), *names],
+                total,
+                env={
+                    "HF_ENDPOINT": base,
+                    "HF_HUB_DISABLE_XET": "1",
+                    "HF_HUB_DISABLE_TELEMETRY": "1",
+                    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                    "HF_HOME": str(work / "hf-home"),
+                },
+            )
+        )
+        check(out, data, names)
+        shutil.rmtree(out)
+
+        if not args.skip_8g:
+            for name in ("big2g.safetensors", "big8g.safetensors"):
+                ws = fresh("memory")
+                config = provision_config(base, [name], work / "one.toml")
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "provision",
+                    str(config),
+                    "--workspace",
+                    str(ws),
+                    "--connections",
+                    str(conns),
+                    "-q",
+                ]
+                rows.append(
+                    measure(
+                        f"provision, {name.split('.')[0][3:]} file",
+                        cmd,
+                        (data / name).stat().st_size,
+                        env={"PYTHONPATH": str(REPO)},
+                    )
+                )
+                shutil.rmtree(ws)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    ours = rows[0]
+    print(
+        f"\n{len(names)} files, {total / MiB:.0f} MiB, per-connection cap {args.rate_mib:g} MiB/s,"
+        f" {args.connections} connections, {os.cpu_count()} cores\n"
+    )
+    print("| tool | wall s | MiB/s | CPU s | peak MiB | wall / provision | note |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for row in rows:
+        ratio = row.wall / ours.wall if row.size else float("nan")
+        print(
+            f"| {row.tool} | {row.wall:.1f} | {row.throughput:.0f} | {row.cpu:.1f} | {row.peak_mib:.0f} |"
+            f" {ratio:.2f} | {row.note} |"
+        )
+    by_tool = {row.tool: row for row in rows}
+    print()
+    best_aria2 = min((row for row in rows if row.tool == "aria2c"), key=lambda row: row.wall)
+    print(f"provision / best aria2c wall: {ours.wall / best_aria2.wall:.2f} (target <= 1.05)")
+    speedup = by_tool["curl (sequential)"].wall / ours.wall
+    print(f"sequential curl / provision wall: {speedup:.1f}x (target >= 4)")
+    if not args.skip_8g:
+        small, large = by_tool["provision, 2g file"], by_tool["provision, 8g file"]
+        print(
+            f"peak memory 2 GiB vs 8 GiB: {small.peak_mib:.0f} vs {large.peak_mib:.0f} MiB"
+            f" ({(large.peak_mib / small.peak_mib - 1) * 100:+.1f}%, target within 10%, under 150 MB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
