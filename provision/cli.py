@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, paths
+from . import __version__, categories, paths
 from .config import ConfigError
 from .configsource import default_source
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, Provisioner
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--quiet", "-q", action="store_true", help="console: errors only")
     noise.add_argument("--verbose", "-v", action="store_true", help="console: debug detail")
     parser.add_argument("--version", action="version", version=f"provision {__version__}")
+    parser.add_argument(
+        "--list-folders",
+        action="store_true",
+        help="print the model folders (relative to <workspace>/sdnext/models) and exit",
+    )
     return parser
 
 
@@ -69,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     register_env_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_folders:
+        sys.stdout.write("".join(f"{folder}\n" for folder in categories.folders()))
+        return EXIT_OK
     if args.offline and not args.dry_run:
         parser.error("--offline needs --dry-run (a real run downloads over the network)")
     config = args.config or default_source()

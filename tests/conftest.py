@@ -134,7 +134,10 @@ def tree(root: Path) -> list[str]:
 
 
 def which(tool: str) -> str | None:
-    found = shutil.which(tool)
+    """The tool on PATH or beside this Python (the venv's caddy); under CI=true a missing tool fails."""
+    found = shutil.which(
+        tool, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if found is None and os.environ.get("CI") == "true":
         pytest.fail(f"{tool} is missing; tests/run.sh installs it (CI must skip nothing)")
     return found

