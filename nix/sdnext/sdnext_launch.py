@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""sdnext-launch: start SD.Next from its (read-only) source folder with nothing to install.
+
+    sdnext-launch [--host 127.0.0.1] [--port 18010]
+
+Everything SD.Next needs is already in this Python environment, so it starts with
+`--skip-all --skip-torch` (no installer, no git), `PIP_NO_INDEX=1` (a stray pip install fails
+at once instead of downloading), and `"offline_mode": true` in a new config (no lazy installs).
+Everything it writes goes under $WORKSPACE: the data dir `sdnext/`, the models dir
+`sdnext/models/`, its log `logs/sdnext.log`, and byte-code under `.cache/` (the source folder
+may be the read-only Nix store).
+
+Environment: WORKSPACE (/workspace), SDNEXT_SRC (the source folder; the image sets it),
+SDNEXT_ARGS (more SD.Next flags, split like a shell would, never evaluated), TCMALLOC_LIB (the
+library preloaded for SD.Next only) and NO_TCMALLOC, NO_ACCELERATE (else `accelerate launch`
+when accelerate is installed), SDNEXT_INTERNAL_PORT (the port when --port is not given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 18010
+MAX_CPU_THREADS = 6
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+def build(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    *,
+    python: str,
+    accelerate_available: bool,
+    cpu_count: int,
+) -> Launch:
+    """The command line, environment and folder SD.Next starts with (no side effects)."""
+    workspace = Path(env.get("WORKSPACE") or "/workspace")
+    source = Path(env.get("SDNEXT_SRC") or Path(__file__).resolve().parent)
+    port = args.port or int(env.get("SDNEXT_INTERNAL_PORT") or DEFAULT_PORT)
+    sdnext_args = [
+        "--skip-all",
+        "--skip-torch",
+        "--server-name",
+        args.host,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(workspace / "sdnext"),
+        "--models-dir",
+        str(workspace / "sdnext" / "models"),
+        "--log",
+        str(workspace / "logs" / "sdnext.log"),
+        *shlex.split(env.get("SDNEXT_ARGS", "")),
+    ]
+    launcher = [python]
+    if accelerate_available and not env.get("NO_ACCELERATE"):
+        threads = max(1, min(MAX_CPU_THREADS, cpu_count))
+        launcher += ["-m", "accelerate.commands.launch", f"--num_cpu_threads_per_process={threads}"]
+    child_env = dict(env)
+    child_env.update(
+        {
+            "PIP_NO_INDEX": "1",
+            "PYTHONPYCACHEPREFIX": str(workspace / ".cache" / "sdnext-pycache"),
+        }
+    )
+    # SD.Next imports GitPython, which refuses to load without a git binary; the image has none.
+    child_env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    tcmalloc = env.get("TCMALLOC_LIB")
+    if tcmalloc and not env.get("NO_TCMALLOC") and Path(tcmalloc).exists():
+        preload = env.get("LD_PRELOAD")
+        child_env["LD_PRELOAD"] = f"{tcmalloc}:{preload}" if preload else tcmalloc
+    return Launch([*launcher, str(source / "launch.py"), *sdnext_args], child_env, source)
+
+
+def prepare_data_dir(workspace: Path) -> None:
+    """Create the data and log folders; a new config starts in offline mode."""
+    data = workspace / "sdnext"
+    (data / "models").mkdir(parents=True, exist_ok=True)
+    (workspace / "logs").mkdir(parents=True, exist_ok=True)
+    config = data / "config.json"
+    try:
+        settings = json.loads(config.read_text()) if config.exists() else {}
+    except ValueError:
+        print(f"sdnext-launch: {config} is not valid JSON; leaving it as it is", file=sys.stderr)
+        return
+    if isinstance(settings, dict) and "offline_mode" not in settings:
+        settings["offline_mode"] = True  # a user who turns it off keeps it off
+        tmp = config.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(settings, indent=2))
+        os.replace(tmp, config)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sdnext-launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=f"port (default $SDNEXT_INTERNAL_PORT, else {DEFAULT_PORT})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    launch = build(
+        args,
+        os.environ,
+        python=sys.executable,
+        accelerate_available=importlib.util.find_spec("accelerate") is not None,
+        cpu_count=os.cpu_count() or 1,
+    )
+    prepare_data_dir(Path(os.environ.get("WORKSPACE") or "/workspace"))
+    if not (launch.cwd / "launch.py").exists():
+        sys.exit(f"sdnext-launch: no launch.py in {launch.cwd}: set SDNEXT_SRC to SD.Next's source folder")
+    os.chdir(launch.cwd)
+    # SDNEXT_ARGS may hold --auth user:password: name how many there are, not what they say.
+    extra = len(shlex.split(os.environ.get("SDNEXT_ARGS", "")))
+    shown = launch.argv[: len(launch.argv) - extra] if extra else launch.argv
+    print(
+        f"sdnext-launch: {shlex.join(shown)}" + (f" (+{extra} from SDNEXT_ARGS)" if extra else ""), flush=True
+    )
+    os.execve(launch.argv[0], launch.argv, launch.env)
+
+
+if __name__ == "__main__":
+    main()
