@@ -51,7 +51,7 @@
       devShells.${system}.default = pkgs.callPackage ./nix/devshell.nix { };
 
       # callPackage adds `override` to an attribute set it returns: not a check.
-      checks.${system} = removeAttrs (pkgs.callPackage ./nix/checks.nix { }) [
+      checks.${system} = removeAttrs (pkgs.callPackage ./nix/checks.nix { inherit provision; }) [
         "override"
         "overrideDerivation"
       ] // {

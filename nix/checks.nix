@@ -12,6 +12,7 @@
   ruff,
   bashInteractive,
   coreutils,
+  provision, # init runs `provision --list-folders`; the provision service runs it for real
 }:
 let
   src = lib.fileset.toSource {
@@ -46,6 +47,7 @@ in
           shellcheck
           bashInteractive
           coreutils
+          provision
         ];
       }
       ''
@@ -57,8 +59,9 @@ in
         touch $out
       '';
 
+  # --no-cache: the source is read-only in the store.
   ruff = runCommand "sdnext-ruff" { nativeBuildInputs = [ ruff ]; } ''
-    cd ${src} && ruff check . && ruff format --check . && touch $out
+    cd ${src} && ruff check --no-cache . && ruff format --no-cache --check . && touch $out
   '';
 
   shellcheck = runCommand "sdnext-shellcheck" { nativeBuildInputs = [ shellcheck ]; } ''

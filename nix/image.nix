@@ -45,7 +45,7 @@ let
       logdy
       provision
       sdnext
-    ] ++ [ "${runtime}" ];
+    ] ++ [ runtime ];
     pathsToLink = [ "/bin" ];
   };
 in

@@ -103,3 +103,38 @@ def test_the_image_reads_ports_and_defaults_from_the_settings():
     assert "import ./settings.nix" in image
     assert "ExposedPorts = settings.exposedPorts;" in image
     assert not re.search(r"\b(8010|7010|7020|7030|18010|17010|17020|17030)\b", image)
+
+
+def test_the_sdnext_source_pin_evaluates_with_every_builtin_extension(nix_env, tmp_path):
+    # fetchFromGitHub and runCommand stubbed: what is checked is the pin's own logic and data.
+    stub = tmp_path / "eval.nix"
+    stub.write_text(
+        f"""
+        let
+          fetched = args: args // {{ outPath = "/nix/store/00000000000000000000000000000000-${{args.repo}}"; }};
+          pin = import {REPO}/nix/sdnext/source.nix {{
+            fetchFromGitHub = fetched;
+            runCommand = name: attrs: script: {{ inherit name script; inherit (attrs) passthru; }};
+          }};
+        in {{
+          inherit (pin) name script;
+          sources = map (src: {{ inherit (src) owner repo rev hash; }})
+            ([ pin.passthru.sdnext ] ++ builtins.attrValues pin.passthru.extensions);
+        }}
+        """
+    )
+    pin = evaluate(nix_env, stub)
+    assert pin["name"] == "sdnext-source-2026-01-22"
+    sources = {s["repo"]: s for s in pin["sources"]}
+    assert sources["sdnext"]["rev"] == "2026-01-22"
+    assert len(sources) == 6
+    for source in sources.values():
+        assert re.fullmatch(r"sha256-[A-Za-z0-9+/]{43}=", source["hash"]), source
+    for folder in (
+        "sd-extension-system-info",
+        "sd-extension-chainner",
+        "stable-diffusion-webui-rembg",
+        "sdnext-modernui",
+        "sdnext-kanvas",
+    ):
+        assert "cp -r /nix/store/" in pin["script"] and f"$out/extensions-builtin/{folder}\n" in pin["script"]
