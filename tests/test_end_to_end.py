@@ -185,3 +185,16 @@ def test_jobs_limits_files_at_once(write_config, cdn, workspace, models, jobs):
     )
     assert result.returncode == 0, result.stderr
     assert tree(models) == [f"ESRGAN/f{n}.pth" for n in range(4)]
+
+
+def test_progress_bars_on_a_terminal(write_config, cdn, workspace, models, capsys):
+    from provision import Provisioner
+
+    cdn.add("/a.pth", blob(5 * 1024 * 1024, seed=8))
+    cdn.add("/b.pth", blob(1024 * 1024, seed=9))
+    config = write_config(f'[models.esrgan]\na = "{cdn.url}/a.pth"\nb = "{cdn.url}/b.pth"\n')
+    report = Provisioner(workspace, progress=True).run(config)
+    assert [r.status for r in report.results] == ["ok", "ok"]
+    err = capsys.readouterr().err
+    assert "total" in err and "a.pth" in err and "100%" in err
+    assert tree(models) == ["ESRGAN/a.pth", "ESRGAN/b.pth"]
