@@ -111,6 +111,22 @@ def provision_config(base: str, names: list[str], path: Path) -> Path:
     return path
 
 
+def provision_command(config: Path, workspace: Path, connections: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "provision",
+        str(config),
+        "--workspace",
+        str(workspace),
+        "--connections",
+        str(connections),
+        "--jobs",
+        "5",
+        "-q",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,19 +175,7 @@ def main() -> None:
 
         ws = fresh("provision")
         config = provision_config(base, names, work / "models.toml")
-        ours_cmd = [
-            sys.executable,
-            "-m",
-            "provision",
-            str(config),
-            "--workspace",
-            str(ws),
-            "--connections",
-            str(conns),
-            "--jobs",
-            "5",
-            "-q",
-        ]
+        ours_cmd = provision_command(config, ws, conns)
         rows.append(measure("provision", ours_cmd, total, env={"PYTHONPATH": str(REPO)}))
         check(ws, data, names)
         before = server_bytes(base)
@@ -245,17 +249,7 @@ def main() -> None:
             for name in ("big2g.safetensors", "big8g.safetensors"):
                 ws = fresh("memory")
                 config = provision_config(base, [name], work / "one.toml")
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "provision",
-                    str(config),
-                    "--workspace",
-                    str(ws),
-                    "--connections",
-                    str(conns),
-                    "-q",
-                ]
+                cmd = provision_command(config, ws, conns)
                 rows.append(
                     measure(
                         f"provision, {name.split('.')[0][3:]} file",
