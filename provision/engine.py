@@ -194,8 +194,9 @@ class Engine:
             yield
             return
         part = _part_path(download.dest)
-        have = part.stat().st_size if part.exists() else 0
-        need = max(0, need - have) if have <= need else need
+        # The .part is sparse (preallocated to full length): count the blocks really on disk.
+        have = part.stat().st_blocks * 512 if part.exists() else 0
+        need = max(0, need - have)
         device = os.stat(download.dest.parent).st_dev
         with self._space_lock:
             free = shutil.disk_usage(download.dest.parent).free - self._reserved.get(device, 0)

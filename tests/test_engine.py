@@ -262,3 +262,18 @@ def test_ranges_merge_and_gaps():
     assert ranges.spans == [[0, 20], [30, 40]]
     assert ranges.gaps(50) == [(20, 30), (40, 50)]
     assert (ranges.covered(), ranges.prefix_end()) == (30, 20)
+
+
+def test_space_check_counts_what_a_sparse_part_really_holds(engine, served, tmp_path, monkeypatch):
+    # A .part from an earlier run is preallocated to the full size but holds only a few bytes:
+    # the check must still ask for (nearly) the whole file.
+    import provision.engine as engine_module
+
+    d = download(served, tmp_path)
+    d.dest.parent.mkdir()
+    with open(d.dest.with_name("m.safetensors.part"), "wb") as part:
+        part.truncate(SIZE)
+    free = engine_module.DISK_MARGIN + SIZE // 2  # room for half the file only
+    monkeypatch.setattr(engine_module.shutil, "disk_usage", lambda path: type("U", (), {"free": free})())
+    with pytest.raises(FetchError, match="not enough disk space"):
+        engine().fetch(d)
