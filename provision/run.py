@@ -61,6 +61,7 @@ def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
 
     with ThreadPoolExecutor(max_workers=provisioner.jobs) as pool:
         list(pool.map(resolve_one, work))
+    _refuse_shared_destinations(work)
     for entry in work:
         if entry.error:
             log.error(f"{entry.item.table}: {entry.error}")
@@ -68,6 +69,23 @@ def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
     if provisioner.dry_run:
         return [_planned(entry) for entry in work]
     return _fetch_all(work, provisioner)
+
+
+def _refuse_shared_destinations(work: list[_Work]) -> None:
+    """Names that servers chose can collide (the plan only caught names known in advance):
+    two downloads into one .part would corrupt both, so the later item fails instead."""
+    owners: dict[str, str] = {}
+    for entry in work:
+        if entry.error:
+            continue
+        for download in entry.downloads:
+            dest = str(download.dest)
+            if dest in owners and owners[dest] != entry.item.table:
+                entry.error = (
+                    f'same destination as {owners[dest]} ({dest}): give one of them another "filename"'
+                )
+                break
+            owners.setdefault(dest, entry.item.table)
 
 
 def _planned(entry: _Work) -> ItemResult:

@@ -126,3 +126,15 @@ def test_google_drive_quota_page_is_explained(cli, write_config, drive, models):
     assert result.code == 1
     assert "Google Drive download quota exceeded" in json.loads(result.out)[0]["reason"]
     assert tree(models) == []
+
+
+def test_server_chosen_names_that_collide_fail_the_later_item(cli, write_config, cdn, models):
+    cdn.add("/one", b"first model", content_disposition='attachment; filename="model.safetensors"')
+    cdn.add("/two", b"second model", content_disposition='attachment; filename="model.safetensors"')
+    result = run(cli, write_config, f'[models.lora]\na = "{cdn.url}/one"\nb = "{cdn.url}/two"\n')
+    assert result.code == 1
+    a, b = json.loads(result.out)
+    assert a["status"] == "ok" and b["status"] == "failed"
+    assert b["reason"].startswith(f"same destination as models.lora.a ({models}/Lora/model.safetensors)")
+    assert (models / "Lora" / "model.safetensors").read_bytes() == b"first model"
+    assert tree(models) == ["Lora/model.safetensors"]
