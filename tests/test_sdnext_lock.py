@@ -30,14 +30,21 @@ def python312() -> str | None:
     return None
 
 
-def test_uv_lock_matches_pyproject():
+def test_uv_lock_matches_pyproject(tmp_path):
     uv = which("uv")
     python = python312()
     if uv is None or python is None:
         pytest.skip("needs uv and a Python 3.12")
-    env = {**os.environ, "UV_PYTHON": python, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+    # --offline with an empty cache: an up-to-date lock needs no index, a stale one fails here too.
+    env = {
+        **os.environ,
+        "UV_PYTHON": python,
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_PROGRESS": "1",
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+    }
     result = subprocess.run(
-        [uv, "lock", "--check"], cwd=SDNEXT, env=env, capture_output=True, text=True, timeout=600
+        [uv, "lock", "--check", "--offline"], cwd=SDNEXT, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, f"uv.lock is stale: run `uv lock` in nix/sdnext\n{result.stderr}"
 
