@@ -81,11 +81,11 @@ class Provisioner:
         for item in plan.items:
             problem = preflight(item)
             if problem:
-                report.results.append(_result(item, FAILED, reason=problem))
+                report.results.append(ItemResult.for_item(item, FAILED, reason=problem))
             else:
                 runnable.append(item)
         if self.dry_run and self.offline:
-            report.results.extend(_result(item, PLANNED, detail=_detail(item)) for item in runnable)
+            report.results.extend(ItemResult.for_item(i, PLANNED, detail=i.detail) for i in runnable)
         else:
             from .run import execute  # the network half: sources and the download engine
 
@@ -115,17 +115,6 @@ def free_space(path: Path) -> int | None:
         if candidate.exists():
             return shutil.disk_usage(candidate).free
     return None
-
-
-def _detail(item: Item) -> str | None:
-    spec = item.spec
-    if item.source == "civitai":
-        return f"CivitAI id from {spec.id_from}"
-    return None
-
-
-def _result(item: Item, status: str, **extra) -> ItemResult:
-    return ItemResult(item.category, item.name, item.source, str(item.dest), status, **extra)
 
 
 class ProvisioningSystem:

@@ -71,6 +71,11 @@ class Item:
         return self.folder / self.filename if self.filename else self.folder
 
     @property
+    def detail(self) -> str | None:
+        """How the item was read, where a dry-run should say so (CivitAI: which key gave the id)."""
+        return f"CivitAI id from {self.spec.id_from}" if isinstance(self.spec, CivitaiSpec) else None
+
+    @property
     def is_repository(self) -> bool:
         return isinstance(self.spec, HuggingFaceSpec) and self.spec.file is None
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from .plan import Item
 from .secrets import redact
 
 PLANNED, OK, SKIPPED, FAILED = "planned", "ok", "skipped", "failed"
@@ -23,6 +25,10 @@ class ItemResult:
     reason: str | None = None  # why it failed, or what a dry-run found worth saying
     detail: str | None = None  # e.g. which CivitAI key gave the id
     files: int | None = None  # whole repositories: how many files
+
+    @classmethod
+    def for_item(cls, item: Item, status: str, dest: Path | None = None, **extra) -> ItemResult:
+        return cls(item.category, item.name, item.source, str(dest or item.dest), status, **extra)
 
 
 @dataclass

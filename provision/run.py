@@ -11,6 +11,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import paths
@@ -38,6 +39,12 @@ class _Work:
     finished: float | None = None
     bytes: int = 0
     statuses: list[str] = field(default_factory=list)
+
+    @property
+    def dest(self) -> Path:
+        """The file, once its name is known; a whole repository's folder."""
+        single = len(self.downloads) == 1 and not self.item.is_repository
+        return self.downloads[0].dest if single else self.item.dest
 
 
 def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
@@ -91,19 +98,14 @@ def _refuse_shared_destinations(work: list[_Work]) -> None:
 def _planned(entry: _Work) -> ItemResult:
     item = entry.item
     if entry.error:
-        return _result(item, FAILED, reason=entry.error)
+        return ItemResult.for_item(item, FAILED, reason=entry.error)
     sizes = [d.expected_size for d in entry.downloads]
-    size = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
-    dest = entry.downloads[0].dest if len(entry.downloads) == 1 and not item.is_repository else item.dest
-    detail = f"CivitAI id from {item.spec.id_from}" if item.source == "civitai" else None
-    return ItemResult(
-        item.category,
-        item.name,
-        item.source,
-        str(dest),
+    return ItemResult.for_item(
+        item,
         PLANNED,
-        size=size,
-        detail=detail,
+        dest=entry.dest,
+        size=None if None in sizes else sum(sizes),  # type: ignore[arg-type]
+        detail=item.detail,
         files=len(entry.downloads) if item.is_repository else None,
     )
 
@@ -173,24 +175,14 @@ def _fetched(entry: _Work) -> ItemResult:
         status = SKIPPED
     else:
         status = OK
-    single = len(entry.downloads) == 1 and not item.is_repository
-    dest = entry.downloads[0].dest if single else item.dest
     sizes = [d.dest.stat().st_size if d.dest.exists() else d.expected_size for d in entry.downloads]
-    size = None if not sizes or None in sizes else sum(sizes)  # type: ignore[arg-type]
-    seconds = round((entry.finished or 0) - (entry.started or 0), 3) if entry.started else 0.0
-    return ItemResult(
-        item.category,
-        item.name,
-        item.source,
-        str(dest),
+    return ItemResult.for_item(
+        item,
         status,
-        size=size,
+        dest=entry.dest,
+        size=None if not sizes or None in sizes else sum(sizes),  # type: ignore[arg-type]
         bytes=entry.bytes,
-        seconds=seconds,
+        seconds=round((entry.finished or 0) - (entry.started or 0), 3) if entry.started else 0.0,
         reason=entry.error,
         files=len(entry.downloads) if item.is_repository else None,
     )
-
-
-def _result(item: Item, status: str, **extra) -> ItemResult:
-    return ItemResult(item.category, item.name, item.source, str(item.dest), status, **extra)
