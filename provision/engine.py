@@ -567,7 +567,7 @@ class _Hasher:
     def reset(self) -> None:
         with self.lock:
             self.upto = 0
-            self.digest = hashlib.sha1() if self.algorithm == "git-sha1" else hashlib.sha256()
+            self.digest = _new_digest(self.algorithm)
             self.header_done = False
 
     def start(self) -> None:
@@ -589,7 +589,7 @@ class _Hasher:
             if self.algorithm == "git-sha1" and not self.header_done:
                 if total is None:
                     return  # the blob header needs the size first
-                self.digest.update(f"blob {total}\0".encode())
+                self.digest.update(_blob_header(total))
                 self.header_done = True
             with self.transfer.lock:
                 ready = self.transfer.done.prefix_end()
@@ -654,10 +654,19 @@ class Ranges:
         return result
 
 
+def _new_digest(algorithm: str):
+    return hashlib.sha1() if algorithm == "git-sha1" else hashlib.sha256()
+
+
+def _blob_header(size: int) -> bytes:
+    """git hashes a blob as sha1(b"blob <size>\\0" + content): the Hub's id for small files."""
+    return f"blob {size}\0".encode()
+
+
 def hash_file(path: Path, algorithm: str = "sha256") -> Checksum:
-    digest = hashlib.sha1() if algorithm == "git-sha1" else hashlib.sha256()
+    digest = _new_digest(algorithm)
     if algorithm == "git-sha1":
-        digest.update(f"blob {path.stat().st_size}\0".encode())
+        digest.update(_blob_header(path.stat().st_size))
     with open(path, "rb") as file:
         while block := file.read(8 * MiB):
             digest.update(block)
