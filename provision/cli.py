@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -83,7 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     if not config:
         parser.error("no config given: pass a path or URL, or set PROVISION_URL")
 
-    workspace = (args.workspace or Path(os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE)).absolute()
+    provisioner = Provisioner(
+        args.workspace,  # None: $WORKSPACE, else /workspace (the Provisioner decides)
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        offline=args.offline,
+        verify=args.verify,
+        progress=False if args.quiet else None,
+        connections=args.connections,
+    )
+    workspace = provisioner.workspace
     # A dry-run writes nothing into the workspace unless a log file is asked for explicitly.
     log_file = args.log_file or (None if args.dry_run else paths.log_file(workspace))
     verbosity = -1 if args.quiet else 1 if args.verbose else 0
@@ -91,15 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         log.warning(warning)
 
-    provisioner = Provisioner(
-        workspace,
-        jobs=args.jobs,
-        dry_run=args.dry_run,
-        offline=args.offline,
-        verify=args.verify,
-        progress=None if not args.quiet else False,
-        connections=args.connections,
-    )
     log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
     try:
         report = provisioner.run(config)

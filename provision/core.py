@@ -51,8 +51,8 @@ class Provisioner:
             raise ValueError("jobs and connections must be at least 1")
         if offline and not dry_run:
             raise ValueError("offline works only with dry_run (a real run needs the network)")
-        self.workspace = Path(workspace or os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE)
-        self.models_root = paths.models_root(self.workspace.absolute())
+        self.workspace = Path(workspace or os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE).absolute()
+        self.models_root = paths.models_root(self.workspace)
         self.jobs = jobs
         self.dry_run = dry_run
         self.offline = offline
