@@ -8,6 +8,7 @@ engine's global cap on connections, and folds the files back into one result per
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,28 +126,39 @@ def _fetch_all(work: list[_Work], provisioner: Provisioner) -> list[ItemResult]:
     expected = sum(d.expected_size or 0 for _, d in jobs)
     progress = make_progress(provisioner.progress, expected)
 
+    # The files of one repository run in parallel: their item's counters change under a lock.
+    entry_lock = threading.Lock()
+
     def fetch_one(job: tuple[_Work, Download]) -> None:
         entry, download = job
-        if entry.started is None:
-            entry.started = time.monotonic()
+        with entry_lock:
+            first = entry.started is None
+            if first:
+                entry.started = time.monotonic()
+        if first:
             target = (
                 download.dest
                 if len(entry.downloads) == 1
                 else f"{entry.item.dest}/ ({len(entry.downloads)} files)"
             )
             log.info(f"start {entry.item.table} -> {target}")
+        error = None
         try:
             result = engine.fetch(download, progress)
-            entry.bytes += result.bytes
-            entry.statuses.append(result.status)
         except FetchError as err:
-            entry.error = entry.error or f"{download.dest.name}: {redact(str(err))}"
-            entry.statuses.append(FAILED)
+            error = f"{download.dest.name}: {redact(str(err))}"
         except OSError as err:
-            entry.error = entry.error or f"{download.dest.name}: {err.strerror or err} ({err.filename or ''})"
-            entry.statuses.append(FAILED)
-        entry.finished = time.monotonic()
-        if len(entry.statuses) == len(entry.downloads):
+            error = f"{download.dest.name}: {err.strerror or err} ({err.filename or ''})"
+        with entry_lock:
+            if error is None:
+                entry.bytes += result.bytes
+                entry.statuses.append(result.status)
+            else:
+                entry.error = entry.error or error
+                entry.statuses.append(FAILED)
+            entry.finished = time.monotonic()
+            last = len(entry.statuses) == len(entry.downloads)
+        if last:
             _log_end(entry)
 
     try:
