@@ -33,6 +33,7 @@ let
     ps.huggingface-hub
     ps.gdown
     ps.pytest
+    ps.pyelftools # reads the ELF files of a test wheel like nix/sdnext/wheel_manifest.py
   ]);
 in
 {
