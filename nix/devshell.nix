@@ -1,7 +1,10 @@
-# `nix develop`: Python with the project's and the tests' dependencies, and the tools the tests
-# run (s6, execline, Caddy, shellcheck, uv). mkShell: pkgs/build-support/mkshell/default.nix
+# `nix develop`: Python with the project's and the tests' dependencies, the tools the tests
+# run (s6, execline, Caddy, shellcheck, uv), and `provision` / `sdnext-refresh` running the
+# source tree. mkShell: pkgs/build-support/mkshell/default.nix; writeShellScriptBin:
+# pkgs/build-support/trivial-builders/default.nix
 {
   mkShell,
+  writeShellScriptBin,
   python3,
   s6,
   execline,
@@ -10,15 +13,22 @@
   uv,
   ruff,
 }:
+let
+  python = python3.withPackages (ps: [
+    ps.requests
+    ps.tqdm
+    ps.huggingface-hub
+    ps.gdown
+    ps.pytest
+    ps.pyelftools
+  ]);
+in
 mkShell {
   packages = [
-    (python3.withPackages (ps: [
-      ps.requests
-      ps.tqdm
-      ps.huggingface-hub
-      ps.gdown
-      ps.pytest
-    ]))
+    python
+    # The commands the package installs, from the working tree (PYTHONPATH below): edits apply at once.
+    (writeShellScriptBin "provision" ''exec ${python}/bin/python -m provision "$@"'')
+    (writeShellScriptBin "sdnext-refresh" ''exec ${python}/bin/python -m provision.sdnext "$@"'')
     ruff
     uv
     s6

@@ -29,4 +29,18 @@ VENV=${VENV:-.venv}
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
-exec "$VENV/bin/python" -m pytest "$@"
+# pytest runs as `nix flake check` runs it (nix/checks.nix): PATH holds only the tools' own
+# folders, never /usr/bin or /bin, so a test or runtime script that leans on a tool nobody
+# declared fails here too. These Debian packages stand for stdenv's tools plus the check's
+# nativeBuildInputs (s6, execline, Caddy and provision from the venv, shellcheck); nix-bin and
+# binutils for the Nix and ELF checks.
+SANDBOX_PACKAGES=(coreutils findutils diffutils sed grep mawk tar gzip bzip2 xz-utils make patch file
+  binutils bash s6 execline shellcheck nix-bin)
+SANDBOX_BIN="$(cd "$VENV" && pwd)/sandbox-bin"
+rm -rf "$SANDBOX_BIN" && mkdir -p "$SANDBOX_BIN"
+for pkg in "${SANDBOX_PACKAGES[@]}"; do
+  dpkg -L "$pkg" 2>/dev/null | grep -E '/s?bin/[^/]+$' | while read -r tool; do
+    [ -f "$tool" ] && [ -x "$tool" ] && ln -sf "$tool" "$SANDBOX_BIN/"
+  done
+done
+PATH="$SANDBOX_BIN:$(cd "$VENV/bin" && pwd)" exec "$VENV/bin/python" -m pytest "$@"

@@ -145,10 +145,10 @@ def make_runtime(root: Path, extra_env: dict[str, str] | None = None) -> Runtime
         wrapper.chmod(0o755)
     records = root / "records"
     records.mkdir()
+    # The caller's PATH, not /usr/bin: under `nix flake check` the tools (coreutils, s6, Caddy,
+    # provision) are store paths on PATH and there is no /usr/bin.
     venv_bin = Path(sys.executable).parent
-    path = os.pathsep.join(
-        [str(bin_dir), str(RUNTIME / "bin"), str(venv_bin), "/usr/local/bin", "/usr/bin", "/bin"]
-    )
+    path = os.pathsep.join([str(bin_dir), str(RUNTIME / "bin"), str(venv_bin), os.environ.get("PATH", "")])
     env = {
         "PATH": path,
         "HOME": str(root / "home"),

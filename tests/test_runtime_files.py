@@ -55,3 +55,15 @@ def test_every_service_of_the_defaults_has_a_directory_with_a_log():
         for kind in ("", "INTERNAL_")
     ]
     assert ports == ["8010", "18010", "7010", "17010", "7020", "17020", "7030", "17030"]
+
+
+def test_the_runtime_under_test_gets_the_callers_path_and_no_system_folders(tmp_path, monkeypatch):
+    # `nix flake check` has no /usr/bin: coreutils, s6, Caddy and provision are store paths on
+    # PATH, so the harness must hand init the caller's PATH, not a list of system folders.
+    from .runtime_harness import make_runtime
+
+    store = ["/nix/store/0000-coreutils/bin", "/nix/store/1111-s6/bin", "/nix/store/2222-provision/bin"]
+    monkeypatch.setenv("PATH", ":".join(store))
+    entries = make_runtime(tmp_path).env["PATH"].split(":")
+    assert entries[-3:] == store
+    assert not {"/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin"} & set(entries)
