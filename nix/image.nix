@@ -73,7 +73,8 @@ dockerTools.streamLayeredImage {
       ${settings.env.WORKSPACE} = { };
     };
     Env = [
-      "PATH=/bin:${runtime}/bin"
+      # /usr/bin last: the NVIDIA runtime mounts nvidia-smi there.
+      "PATH=/bin:${runtime}/bin:/usr/bin"
       "HOME=/root" # fakeNss gives root /var/empty
       "WORKSPACE=${settings.env.WORKSPACE}"
       "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt"

@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from .conftest import blob, sha256, which
-from .runtime_harness import PROXIED, listening, make_runtime
+from .runtime_harness import PROXIED, RUNTIME, listening, make_runtime
 
 PASSWORD = "correct-horse-battery-9"
 TOKEN = "vasttoken0123456789abcdef"
@@ -368,3 +369,24 @@ def test_logs_go_to_the_workspace_and_to_the_console(start):
     assert "GET /marker-1234" in runtime.console
     line = next(line for line in log_text(runtime, "logdy").splitlines() if "marker-1234" in line)
     assert re.match(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d", line)  # timestamped by s6-log
+
+
+@pytest.mark.parametrize("driver", [True, False], ids=["with-driver", "without-driver"])
+def test_a_command_runs_instead_of_the_services(tmp_path, driver):
+    # `docker run IMAGE selftest`: init runs the command with the image's environment and
+    # prepares nothing; triton is told where the NVIDIA runtime mounted libcuda.so.1.
+    mounted = tmp_path / "usr-lib64"
+    mounted.mkdir()
+    if driver:
+        (mounted / "libcuda.so.1").write_bytes(b"")
+    runtime = make_runtime(tmp_path / "container", {"LD_LIBRARY_PATH": f"{tmp_path}/absent:{mounted}"})
+    result = subprocess.run(
+        [str(RUNTIME / "init"), "sh", "-c", 'echo "triton=${TRITON_LIBCUDA_PATH:-unset}"; exit 3'],
+        env=runtime.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == f"triton={mounted if driver else 'unset'}\n"
+    assert not Path(runtime.env["WORKSPACE"]).exists()

@@ -41,14 +41,20 @@ runCommand "sdnext-2026-01-22"
   {
     nativeBuildInputs = [ makeWrapper ];
     passthru = { inherit env source pythonSet; };
-    meta.mainProgram = "sdnext-launch";
+    meta.mainProgram = "sdnext-launch"; # and `selftest`
   }
   ''
     mkdir -p $out/bin $out/share/sdnext
     cp ${./sdnext_launch.py} $out/share/sdnext/sdnext_launch.py
+    # selftest reads the ignored libraries (and why) from the build's own fixes.
+    cp ${./selftest.py} $out/share/sdnext/selftest.py
+    cp ${./build-fixes.toml} $out/share/sdnext/build-fixes.toml
     # makeWrapper: pkgs/build-support/setup-hooks/make-wrapper.sh
     makeWrapper ${env}/bin/python $out/bin/sdnext-launch \
       --add-flags $out/share/sdnext/sdnext_launch.py \
       --set-default SDNEXT_SRC ${source} \
+      --suffix LD_LIBRARY_PATH : ${runtimeLibs}
+    makeWrapper ${env}/bin/python $out/bin/selftest \
+      --add-flags $out/share/sdnext/selftest.py \
       --suffix LD_LIBRARY_PATH : ${runtimeLibs}
   ''
