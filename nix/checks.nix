@@ -25,6 +25,7 @@ let
       ../examples
       ../nix
       ../bench
+      ../.github # tests/test_workflow.py reads the workflow
     ];
   };
   python = python3.withPackages (ps: [
