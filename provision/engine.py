@@ -43,7 +43,7 @@ import requests
 from .download import Checksum, Download
 from .http import new_session
 from .records import VerifiedRecords
-from .retry import GaveUp, RetryPolicy, check_status, retrying
+from .retry import GaveUp, Retryable, RetryPolicy, check_status, retrying
 from .secrets import redact
 
 log = logging.getLogger("provision")
@@ -374,6 +374,7 @@ class _Transfer:
             return  # everything is on disk already: only verification is left
         start, gap_end = gaps[0]
         headers = {}
+        end = None
         if self.segmented:
             end = start + self._piece_size(self.total or self.download.expected_size)
             end = min(end, gap_end) if gap_end is not None else end
@@ -392,8 +393,9 @@ class _Transfer:
                     self._discard()
                 if self.total is None:
                     self._start_part(total, _validator(response))
+                last = _answered_range(response, start, end)
                 self._announce()
-                self.prefetched = (start, _content_range_end(response) + 1, response)
+                self.prefetched = (start, last + 1, response)
                 return  # the slot stays held until a piece worker has read the body
         except BaseException:
             self.engine.slots.release()
@@ -506,23 +508,25 @@ class _Transfer:
             finally:
                 self.engine.slots.release()
             return
-        with self.lock:
-            gaps = [g for g in self.done.gaps(end) if g[1] > start]
-        if not gaps:
-            return
-        begin = max(start, gaps[0][0])
-        headers = {"Range": f"bytes={begin}-{end - 1}"}
-        if self.validator:
-            headers["If-Range"] = self.validator
-        with self.engine.slots.hold(self.priority):
-            response = self.engine.open(self.download, headers)
-            if response.status_code != 206:
-                response.close()
-                raise _RangeIgnored()
-            if _content_range_total(response) != self.total:
-                response.close()
-                raise FetchError("the file changed on the server during the download; run again")
-            self._write_body(response, begin, end)
+        while True:  # a server may answer with less than asked: ask again for the rest
+            with self.lock:
+                gaps = [g for g in self.done.gaps(end) if g[1] > start]
+            if not gaps:
+                return
+            begin = max(start, gaps[0][0])
+            headers = {"Range": f"bytes={begin}-{end - 1}"}
+            if self.validator:
+                headers["If-Range"] = self.validator
+            with self.engine.slots.hold(self.priority):
+                response = self.engine.open(self.download, headers)
+                if response.status_code != 206:
+                    response.close()
+                    raise _RangeIgnored()
+                if _content_range_total(response) != self.total:
+                    response.close()
+                    raise FetchError("the file changed on the server during the download; run again")
+                last = _answered_range(response, begin, end)
+                self._write_body(response, begin, last + 1)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -691,11 +695,20 @@ def _content_range_total(response: requests.Response) -> int | None:
     return int(match[3]) if match and match[3] != "*" else None
 
 
-def _content_range_end(response: requests.Response) -> int:
+def _answered_range(response: requests.Response, start: int, end: int | None) -> int:
+    """The last byte a 206 answer to `bytes=start-(end-1)` carries. Bytes from another offset
+    than asked, or past the asked end, are never written: a retryable fault. Fewer bytes than
+    asked are fine (the rest is asked for again)."""
     match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
     if not match:
+        response.close()
         raise FetchError("the server sent a partial answer without Content-Range")
-    return int(match[2])
+    first, last = int(match[1]), int(match[2])
+    if first != start or last < first or (end is not None and last > end - 1):
+        response.close()
+        asked = f"{start}-{end - 1}" if end is not None else f"{start}-"
+        raise Retryable(f"the server answered bytes {first}-{last} to a request for bytes {asked}")
+    return last
 
 
 def _validator(response: requests.Response) -> str | None:

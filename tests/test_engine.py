@@ -277,3 +277,22 @@ def test_space_check_counts_what_a_sparse_part_really_holds(engine, served, tmp_
     monkeypatch.setattr(engine_module.shutil, "disk_usage", lambda path: type("U", (), {"free": free})())
     with pytest.raises(FetchError, match="not enough disk space"):
         engine().fetch(d)
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["published-sha256", "no-checksum"])
+def test_a_range_answered_from_another_offset_is_never_written(engine, served, tmp_path, caplog, checksum):
+    # The server says honestly (Content-Range) that it sent other bytes than asked: without a
+    # published checksum nothing else would notice, so the answer is refused and asked again.
+    served.fault("/m.safetensors", Fault(shift=4096), Fault(), Fault(shift=1))
+    caplog.set_level(logging.INFO, logger="provision")
+    result = engine().fetch(download(served, tmp_path, checksum=checksum))
+    assert result.status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+    assert "the server answered bytes 4096-" in caplog.text and "to a request for bytes 0-" in caplog.text
+
+
+def test_a_range_answered_shorter_than_asked_is_completed(engine, served, tmp_path):
+    served.fault("/m.safetensors", *[Fault(shorten=100_000)] * 4)
+    result = engine().fetch(download(served, tmp_path, checksum=False))
+    assert result.status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)

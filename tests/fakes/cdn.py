@@ -1,6 +1,7 @@
 """A file server like a CDN: Range (206 + Content-Range), strong ETags and If-Range, and
 faults injected per request: a reset or a clean close at a byte offset, 5xx bursts, 429 with
-Retry-After, ignored Range, wrong bytes, a stall. Counts the body bytes it sends."""
+Retry-After, ignored Range, a range from another offset or shorter than asked, wrong bytes, a
+stall. Counts the body bytes it sends."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class Fault:
     stall_at: int | None = None  # send this many body bytes, then stop sending for `stall` seconds
     stall: float = 0.0
     ignore_range: bool = False
+    shift: int = 0  # answer a range with the bytes this far further on (Content-Range says so)
+    shorten: int = 0  # answer a range with this many bytes fewer (allowed: Content-Range says so)
 
 
 @dataclass
@@ -92,6 +95,8 @@ class FakeCDN(FakeServer):
                     h.reply(416, b"", {"Content-Range": f"bytes */{total}"})
                     return
                 status = 206
+                start, end = min(start + fault.shift, total - 1), min(end + fault.shift, total - 1)
+                end = max(start, end - fault.shorten)
         headers = {"Content-Length": str(end - start + 1), "Content-Type": "application/octet-stream"}
         if served.ranges:
             headers["Accept-Ranges"] = "bytes"
