@@ -510,7 +510,7 @@ class _Transfer:
             return
         while True:  # a server may answer with less than asked: ask again for the rest
             with self.lock:
-                gaps = [g for g in self.done.gaps(end) if g[1] > start]
+                gaps = [g for g in self.done.gaps(end) if g[1] > start and g[0] < end]
             if not gaps:
                 return
             begin = max(start, gaps[0][0])
