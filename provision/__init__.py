@@ -10,5 +10,6 @@ __version__ = "0.1.0"
 from .config import ConfigError
 from .core import Provisioner
 from .report import ItemResult, Report
+from .workspacelock import WorkspaceBusy
 
-__all__ = ["ConfigError", "ItemResult", "Provisioner", "Report", "__version__"]
+__all__ = ["ConfigError", "ItemResult", "Provisioner", "Report", "WorkspaceBusy", "__version__"]

@@ -13,6 +13,7 @@ from .configsource import default_source
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, Provisioner
 from .logsetup import setup_logging
 from .secrets import redact, register_env_secrets
+from .workspacelock import WorkspaceBusy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("provision")
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"connections in all, across files (default {DEFAULT_CONNECTIONS})",
     )
     parser.add_argument("--verify", action="store_true", help="re-hash files already in place")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fail at once when another provision is working on the workspace (default: wait for it)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan/report as JSON on stdout")
     parser.add_argument("--log-file", type=Path, help="log file (default: <workspace>/logs/provision.log)")
     noise = parser.add_mutually_exclusive_group()
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         verify=args.verify,
         progress=False if args.quiet else None,
         connections=args.connections,
+        wait=not args.no_wait,
     )
     workspace = provisioner.workspace
     # A dry-run writes nothing into the workspace unless a log file is asked for explicitly.
@@ -107,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             log.error(f"error: {problem}")
         log.error(f"{len(err.problems)} problem(s) in the configuration; nothing was downloaded")
         return EXIT_USAGE
+    except WorkspaceBusy as err:
+        log.error(f"error: {err}")
+        return EXIT_FAILED
     except KeyboardInterrupt:
         log.error("interrupted: partial downloads are kept as .part files and resume next run")
         return 130

@@ -19,6 +19,7 @@ from .plan import HuggingFaceSpec, Item, Plan
 from .report import FAILED, PLANNED, ItemResult, Report
 from .retry import RetryPolicy
 from .secrets import register_env_secrets
+from .workspacelock import workspace_lock
 
 log = logging.getLogger("provision")
 
@@ -32,6 +33,9 @@ class Provisioner:
 
     >>> report = Provisioner(workspace="/workspace", jobs=5).run("models.toml")
     >>> report.exit_code   # 0 all ok, 1 some item failed; a bad config raises ConfigError
+
+    A real run holds the workspace's lock: a second one waits for it (`wait=False`: raises
+    WorkspaceBusy instead).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class Provisioner:
         connections: int = DEFAULT_CONNECTIONS,
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] | None = None,
+        wait: bool = True,
     ):
         if jobs < 1 or connections < 1:
             raise ValueError("jobs and connections must be at least 1")
@@ -59,6 +64,7 @@ class Provisioner:
         self.verify = verify
         self.progress = progress  # None: bars on a terminal, log lines otherwise
         self.connections = connections
+        self.wait = wait  # for another run on the same workspace (False: WorkspaceBusy at once)
         self.per_file = min(PER_FILE_CONNECTIONS, connections)
         self.retry = retry or RetryPolicy.from_env()
         # PROVISION_READ_TIMEOUT: seconds without a byte before a connection counts as stalled.
@@ -86,10 +92,15 @@ class Provisioner:
                 runnable.append(item)
         if self.dry_run and self.offline:
             report.results.extend(ItemResult.for_item(i, PLANNED, detail=i.detail) for i in runnable)
-        else:
+        elif self.dry_run:
             from .run import execute  # the network half: sources and the download engine
 
             report.results.extend(execute(runnable, self))
+        else:
+            from .run import execute
+
+            with workspace_lock(paths.state_dir(self.workspace), wait=self.wait):
+                report.results.extend(execute(runnable, self))
         # Keep the config's order whatever order the work finished in.
         order = {(i.category, i.name): n for n, i in enumerate(plan.items)}
         report.results.sort(key=lambda r: order[(r.category, r.name)])

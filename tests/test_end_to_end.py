@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -198,3 +199,76 @@ def test_progress_bars_on_a_terminal(write_config, cdn, workspace, models, capsy
     err = capsys.readouterr().err
     assert "total" in err and "a.pth" in err and "100%" in err
     assert tree(models) == ["ESRGAN/a.pth", "ESRGAN/b.pth"]
+
+
+def _wait_for_line(stream, text: str, timeout: float = 60) -> str:
+    """Read a running process's stderr until a line holds `text`; returns what was read."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} never appeared in:\n{''.join(seen)}")
+
+
+@pytest.fixture
+def two_files(cdn, write_config):
+    files = {f"f{i}": blob(3 * 1024 * 1024 + i, seed=40 + i) for i in range(2)}
+    for name, data in files.items():
+        cdn.add(f"/{name}.safetensors", data)
+    cdn.gate = threading.Event()  # the first run's bodies wait until the second run is there
+    lines = "".join(f'{name} = "{cdn.url}/{name}.safetensors"\n' for name in files)
+    return files, write_config(f"[models.checkpoints]\n{lines}")
+
+
+def _holding(process: subprocess.Popen, workspace: Path) -> None:
+    lock = workspace / ".provision" / "lock"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if lock.exists() and f'"pid": {process.pid}' in lock.read_text():
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the first run never took the workspace lock")
+
+
+def test_two_runs_on_one_workspace_take_turns_and_both_end_ok(cdn, two_files, workspace, models):
+    files, config = two_files
+    first = start_provision(config, workspace)
+    _holding(first, workspace)
+    second = start_provision(config, workspace)
+    said = _wait_for_line(second.stderr, "waiting for it to finish")
+    assert f"another provision (PID {first.pid}, running since " in said
+    cdn.gate.set()
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert (first.returncode, second.returncode) == (0, 0), err1 + said + err2
+    assert [r["status"] for r in json.loads(out1)] == ["ok", "ok"]
+    assert [r["status"] for r in json.loads(out2)] == ["skipped", "skipped"]
+    for name, data in files.items():
+        assert sha256((models / "Stable-diffusion" / f"{name}.safetensors").read_bytes()) == sha256(data)
+    assert tree(models) == ["Stable-diffusion/f0.safetensors", "Stable-diffusion/f1.safetensors"]
+
+
+def test_no_wait_fails_at_once_naming_the_other_run(cdn, two_files, workspace):
+    _, config = two_files
+    first = start_provision(config, workspace)
+    _holding(first, workspace)
+    second = subprocess.run(
+        [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), "--no-wait"],
+        env={k: v for k, v in os.environ.items() if k not in SECRET_VARS},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"error: another provision (PID {first.pid}, running since " in second.stderr
+    assert f"is working on {workspace}" in second.stderr
+    assert "start models." not in second.stderr  # it touched no file
+    cdn.gate.set()
+    first.communicate(timeout=120)
+    assert first.returncode == 0

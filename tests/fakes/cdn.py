@@ -9,6 +9,7 @@ import hashlib
 import re
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ class FakeCDN(FakeServer):
     require_header: tuple[str, str] | None = None
     active_sends: int = 0  # bodies being sent right now (a killed client's may linger)
     reject_authorization: bool = True  # presigned storage answers 400 to an Authorization header
+    gate: threading.Event | None = None  # when set up, bodies wait until it is set (headers go first)
 
     def add(self, path: str, data: bytes, **options) -> Served:
         served = Served(data, etag=f'"{hashlib.md5(data).hexdigest()}"', **options)
@@ -121,6 +123,8 @@ class FakeCDN(FakeServer):
         with self.lock:
             self.active_sends += 1
         try:
+            if self.gate is not None:
+                self.gate.wait(60)
             self._send_body(h, body, fault)
         finally:
             with self.lock:
