@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__, categories, paths
 from .config import ConfigError
 from .configsource import default_source
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, Provisioner
+from .interrupt import Interrupted, stop_on_signals
 from .logsetup import setup_logging
 from .secrets import redact, register_env_secrets
 from .workspacelock import WorkspaceBusy
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
     try:
-        report = provisioner.run(config)
+        with stop_on_signals():
+            report = provisioner.run(config)
     except ConfigError as err:
         for problem in err.problems:
             log.error(f"error: {problem}")
@@ -117,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except WorkspaceBusy as err:
         log.error(f"error: {err}")
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        log.error("interrupted: partial downloads are kept as .part files and resume next run")
-        return 130
+    except (Interrupted, KeyboardInterrupt) as stop:
+        _leave_interrupted(stop)
 
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
@@ -129,3 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     for result in report.failed:
         log.error(f"failed: {result.category}.{result.name}: {result.reason}")
     return report.exit_code
+
+
+def _leave_interrupted(stop: BaseException) -> NoReturn:
+    """One line, then exit 130 (SIGINT) or 143 (SIGTERM) without waiting for worker threads
+    that may sit in a socket read: every transfer has saved which bytes it has."""
+    code = stop.exit_code if isinstance(stop, Interrupted) else 130
+    partial = getattr(stop, "partial_files", [])
+    if partial:
+        names = ", ".join(p.name for p in partial[:3]) + (
+            f" and {len(partial) - 3} more" if len(partial) > 3 else ""
+        )
+        kept = f"{len(partial)} partial file{'s' if len(partial) > 1 else ''} kept ({names})"
+    else:
+        kept = "no partial file"
+    log.error(f"interrupted: {kept}; run the same command again to resume")
+    for handler in log.handlers:
+        handler.flush()
+    os._exit(code)

@@ -142,6 +142,24 @@ class Engine:
         self._local = threading.local()
         self._space_lock = threading.Lock()
         self._reserved: dict[int, int] = {}  # st_dev -> bytes promised to running downloads
+        self._active_lock = threading.Lock()
+        self._active: set[_Transfer] = set()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> list[Path]:
+        """Stop every transfer (Ctrl-C): each saves which bytes it has; returns the files left
+        partial, which the next run resumes. Workers notice at their next chunk or retry."""
+        self.cancelled.set()
+        with self._active_lock:
+            active = list(self._active)
+        partial = []
+        for transfer in active:
+            transfer.stop.set()
+            with contextlib.suppress(OSError):
+                transfer._save_state(force=True)
+            if transfer.part.exists():
+                partial.append(transfer.download.dest)
+        return sorted(partial)
 
     # --- one file ---------------------------------------------------------------------------
 
@@ -214,10 +232,21 @@ class Engine:
 
     def _transfer(self, download: Download, progress: Progress) -> int:
         try:
-            return _Transfer(self, download, progress, segmented=True).run()
+            return self._run(_Transfer(self, download, progress, segmented=True))
         except _RangeIgnored:
             log.warning(f"{download.dest.name}: the server stopped honouring Range; starting over")
-            return _Transfer(self, download, progress, segmented=False).run()
+            return self._run(_Transfer(self, download, progress, segmented=False))
+
+    def _run(self, transfer: _Transfer) -> int:
+        with self._active_lock:
+            if self.cancelled.is_set():
+                raise FetchError("cancelled")
+            self._active.add(transfer)
+        try:
+            return transfer.run()
+        finally:
+            with self._active_lock:
+                self._active.discard(transfer)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -319,7 +348,7 @@ class _Transfer:
                 "validator": self.validator,
                 "done": [list(span) for span in self.done.spans],
             }
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp = self.state_path.with_name(f"{self.state_path.name}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.state_path)
 
@@ -508,7 +537,7 @@ class _Transfer:
             finally:
                 self.engine.slots.release()
             return
-        while True:  # a server may answer with less than asked: ask again for the rest
+        while not self.stop.is_set():  # a server may answer with less than asked: ask for the rest
             with self.lock:
                 gaps = [g for g in self.done.gaps(end) if g[1] > start and g[0] < end]
             if not gaps:

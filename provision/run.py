@@ -67,8 +67,7 @@ def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
             log.debug(f"{entry.item.table}: resolving failed", exc_info=True)
             entry.error = f"unexpected error while resolving: {redact(f'{type(err).__name__}: {err}')}"
 
-    with ThreadPoolExecutor(max_workers=provisioner.jobs) as pool:
-        list(pool.map(resolve_one, work))
+    _run_all(provisioner.jobs, resolve_one, work)
     _refuse_shared_destinations(work)
     for entry in work:
         if entry.error:
@@ -162,11 +161,25 @@ def _fetch_all(work: list[_Work], provisioner: Provisioner) -> list[ItemResult]:
             _log_end(entry)
 
     try:
-        with ThreadPoolExecutor(max_workers=provisioner.jobs) as pool:
-            list(pool.map(fetch_one, jobs))
+        _run_all(provisioner.jobs, fetch_one, jobs)
+    except BaseException as stop:  # Ctrl-C or SIGTERM: every transfer saves its state and stops
+        stop.partial_files = engine.cancel()  # type: ignore[attr-defined]  # for the one line the CLI prints
+        raise
     finally:
         progress.close()
     return [_fetched(entry) for entry in work]
+
+
+def _run_all(workers: int, function, inputs: list) -> None:
+    """function over inputs, `workers` at a time. Interrupted, it returns at once instead of
+    waiting for the calls under way (ThreadPoolExecutor's `with` would wait for each)."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        list(pool.map(function, inputs))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _log_end(entry: _Work) -> None:

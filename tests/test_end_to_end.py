@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -272,3 +273,54 @@ def test_no_wait_fails_at_once_naming_the_other_run(cdn, two_files, workspace):
     cdn.gate.set()
     first.communicate(timeout=120)
     assert first.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_stops_every_transfer_at_once_and_the_next_run_resumes(
+    cdn, write_config, workspace, models, signum, code
+):
+    others = {f"o{i}": blob(2 * 1024 * 1024, seed=60 + i) for i in range(2)}
+    cdn.add("/big.safetensors", DATA)
+    for name, data in others.items():
+        cdn.add(f"/{name}.safetensors", data)
+    cdn.rate = 512 * 1024  # per connection: every file is still on its way at the signal
+    lines = "".join(f'{n} = "{cdn.url}/{n}.safetensors"\n' for n in ["big", *others])
+    config = write_config(f"[models.checkpoints]\n{lines}")
+    dest = models / "Stable-diffusion" / "big.safetensors"
+    state = dest.with_name("big.safetensors.part.state")
+    # A read timeout far beyond the wait below: only the fix can make the process leave in time.
+    process = start_provision(config, workspace, {"PROVISION_READ_TIMEOUT": "300"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+            if Ranges(json.loads(state.read_text())["done"]).covered() >= 2 * 1024 * 1024:
+                break
+        time.sleep(0.05)
+    cdn.gate = threading.Event()  # from now on no body moves: every worker sits in a read
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == code, err
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1, err
+    assert re.fullmatch(
+        r"interrupted: \d partial files? kept \((\w+\.safetensors, )*big\.safetensors[^)]*\); "
+        r"run the same command again to resume",
+        lines[0],
+    ), lines
+    assert not dest.exists()
+    kept = Ranges(json.loads(state.read_text())["done"]).covered()
+    assert kept >= 2 * 1024 * 1024
+
+    cdn.gate.set()
+    cdn.gate = None
+    cdn.rate = None
+    cdn.wait_idle()
+    cdn.body_bytes = 0
+    again = start_provision(config, workspace)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert sha256(dest.read_bytes()) == sha256(DATA)
+    big = next(r for r in json.loads(out) if r["name"] == "big")
+    assert big["bytes"] == SIZE - kept  # only the missing bytes
