@@ -169,6 +169,26 @@ def test_a_refused_token_is_checked_once_and_named(cli, write_config, repo, hub,
     assert "hf_revoked_token_000" not in result.text
 
 
+def test_a_token_check_that_cannot_get_through_is_retried_then_only_warned_about(
+    cli, write_config, repo, hub, monkeypatch, models
+):
+    # A mirror behind HF_ENDPOINT answers the token check with 504: public files still come.
+    monkeypatch.setenv("HF_TOKEN", "hf_valid_token_but_check_fails")
+    hub.valid_tokens.add("hf_valid_token_but_check_fails")
+    hub.whoami_status = 504
+    result = cli(
+        config(
+            write_config,
+            '[models.vae]\na = "https://huggingface.co/org/model/resolve/main/vae/config.json"\n',
+        )
+    )
+    assert result.code == 0, result.err
+    assert len(hub.seen("/api/whoami-v2")) > 1  # retried like any request
+    assert "warning: cannot check HF_TOKEN at " in result.err and "going on without the check" in result.err
+    assert (models / "VAE" / "config.json").exists()
+    assert "hf_valid_token_but_check_fails" not in result.text
+
+
 def test_dry_run_resolves_names_and_sizes_without_file_bodies(cli, write_config, repo, hub, cdn, models):
     path = config(
         write_config,

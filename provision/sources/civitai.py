@@ -127,10 +127,17 @@ def explain(status: int, what: str) -> str | None:
 
 
 def check_token(ctx: Context) -> str | None:
-    response = ctx.get(f"{base()}/api/v1/me", headers=_headers())
+    """As for HF_TOKEN: only a 401 is a problem; a check that cannot get through is a warning."""
+    try:
+        response = ctx.get(f"{base()}/api/v1/me", headers=_headers())
+    except SourceError as err:
+        log.warning(f"warning: cannot check CIVITAI_TOKEN at {base()} ({err}); going on without the check")
+        return None
     with response:
         if response.status_code == 401:
             return f"CivitAI refused CIVITAI_TOKEN (401): {KEY_HINT}"
         if response.status_code != 200:
-            return f"cannot check CIVITAI_TOKEN: CivitAI answered {response.status_code}"
+            log.warning(
+                f"warning: cannot check CIVITAI_TOKEN: CivitAI answered {response.status_code}; going on"
+            )
     return None

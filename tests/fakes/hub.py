@@ -33,6 +33,7 @@ class FakeHub(FakeServer):
     cdn: FakeCDN | None = None
     repos: dict[str, Repo] = field(default_factory=dict)
     valid_tokens: set[str] = field(default_factory=set)
+    whoami_status: int | None = None  # answer the token check with this (a mirror's 504)
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], **options) -> Repo:
         repo = Repo(files, **options)
@@ -82,6 +83,9 @@ class FakeHub(FakeServer):
     # -- routes --------------------------------------------------------------------------------
 
     def handle(self, h: Handler, path: str, query: dict) -> None:
+        if path == "/api/whoami-v2" and self.whoami_status:
+            h.reply(self.whoami_status, b"<html>gateway timeout</html>")
+            return
         if path == "/api/whoami-v2":
             token = self._token(h)
             if token in self.valid_tokens:
