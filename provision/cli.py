@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verify", action="store_true", help="re-hash files already in place")
     parser.add_argument(
+        "--update",
+        action="store_true",
+        help="ask every source again, even for items recorded as in place (a moving revision such"
+        " as main, a CivitAI model's newest version); default: trust the records, no request",
+    )
+    parser.add_argument(
         "--no-wait",
         action="store_true",
         help="fail at once when another provision is working on the workspace (default: wait for it)",
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=False if args.quiet else None,
         connections=args.connections,
         wait=not args.no_wait,
+        update=args.update,
     )
     workspace = provisioner.workspace
     # A dry-run writes nothing into the workspace unless a log file is asked for explicitly.

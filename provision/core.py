@@ -51,6 +51,7 @@ class Provisioner:
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] | None = None,
         wait: bool = True,
+        update: bool = False,
     ):
         if jobs < 1 or connections < 1:
             raise ValueError("jobs and connections must be at least 1")
@@ -65,6 +66,9 @@ class Provisioner:
         self.progress = progress  # None: bars on a terminal, log lines otherwise
         self.connections = connections
         self.wait = wait  # for another run on the same workspace (False: WorkspaceBusy at once)
+        # False: an item recorded as in place is done without a request (restarts work offline);
+        # True: every item is resolved again, so a moving revision or "newest version" moves.
+        self.update = update
         self.per_file = min(PER_FILE_CONNECTIONS, connections)
         self.retry = retry or RetryPolicy.from_env()
         # PROVISION_READ_TIMEOUT: seconds without a byte before a connection counts as stalled.

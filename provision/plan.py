@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .secrets import redact
+
 
 @dataclass(frozen=True)
 class HuggingFaceSpec:
@@ -74,6 +76,22 @@ class Item:
     def detail(self) -> str | None:
         """How the item was read, where a dry-run should say so (CivitAI: which key gave the id)."""
         return f"CivitAI id from {self.spec.id_from}" if isinstance(self.spec, CivitaiSpec) else None
+
+    @property
+    def identity(self) -> str:
+        """What the config asks for and where it goes, as one stable string: a file recorded as
+        done for this identity needs no request on the next run (records.py, ItemRecords)."""
+        spec = self.spec
+        if isinstance(spec, HuggingFaceSpec):
+            what = f"hf:{spec.repo}@{spec.revision}:{spec.file or '*'}:{','.join(spec.include)}:"
+            what += ",".join(spec.exclude)
+        elif isinstance(spec, CivitaiSpec):
+            what = f"civitai:{spec.version_id}:{spec.model_id}:{spec.file_type}:{spec.file_format}"
+        elif isinstance(spec, UrlSpec):
+            what = f"url:{redact(spec.url)}"
+        else:
+            what = f"gdrive:{spec.file_id}"
+        return f"{what} -> {self.dest}"
 
     @property
     def is_repository(self) -> bool:

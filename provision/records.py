@@ -63,3 +63,43 @@ class VerifiedRecords:
             tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({k: asdict(v) for k, v in self.records.items()}, indent=1))
             os.replace(tmp, self.path)
+
+
+class ItemRecords:
+    """Which files each config item left in place, keyed by `Item.identity`: an item whose
+    files all still match their verified record (size and mtime) is done without a request,
+    so a restart with the network down finds everything in place."""
+
+    def __init__(self, path: Path, verified: VerifiedRecords):
+        self.path = path
+        self.verified = verified
+        self.lock = threading.Lock()
+        self.items: dict[str, list[str]] = {}
+        if path.exists():
+            try:
+                self.items = {k: list(v) for k, v in json.loads(path.read_text()).items()}
+            except (ValueError, TypeError, AttributeError):
+                self.items = {}
+
+    def in_place(self, identity: str) -> list[Path] | None:
+        """The item's files when every one is on disk as verified; else None."""
+        files = self.items.get(identity)
+        if not files:
+            return None
+        for name in files:
+            record = self.verified.lookup(Path(name))
+            try:
+                stat = os.stat(name)
+            except OSError:
+                return None
+            if record is None or (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
+                return None
+        return [Path(name) for name in files]
+
+    def store(self, identity: str, files: list[Path]) -> None:
+        with self.lock:
+            self.items[identity] = [str(f) for f in files]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.items, indent=1))
+            os.replace(tmp, self.path)

@@ -20,7 +20,7 @@ from .download import Download
 from .engine import Engine, FetchError
 from .plan import Item
 from .progress import make_progress
-from .records import VerifiedRecords
+from .records import ItemRecords, VerifiedRecords
 from .report import FAILED, OK, PLANNED, SKIPPED, ItemResult, human_size
 from .secrets import redact
 from .sources import Context, SourceError, check_tokens, resolve
@@ -40,24 +40,36 @@ class _Work:
     finished: float | None = None
     bytes: int = 0
     statuses: list[str] = field(default_factory=list)
+    in_place: list[Path] | None = None  # recorded as done by an earlier run: no request needed
+
+    @property
+    def files(self) -> list[Path]:
+        return self.in_place if self.in_place is not None else [d.dest for d in self.downloads]
 
     @property
     def dest(self) -> Path:
         """The file, once its name is known; a whole repository's folder."""
-        single = len(self.downloads) == 1 and not self.item.is_repository
-        return self.downloads[0].dest if single else self.item.dest
+        single = len(self.files) == 1 and not self.item.is_repository
+        return self.files[0] if single else self.item.dest
 
 
 def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
     ctx = Context(retry=provisioner.retry, timeout=provisioner.timeout)
     work = [_Work(item) for item in items]
-    token_problems = check_tokens(items, ctx)
-    for entry in work:
+    state = paths.state_dir(provisioner.workspace)
+    verified = VerifiedRecords(state / "verified.json")
+    done_before = ItemRecords(state / "items.json", verified)
+    if not (provisioner.dry_run or provisioner.update or provisioner.verify):
+        for entry in work:
+            entry.in_place = done_before.in_place(entry.item.identity)
+    pending = [entry for entry in work if entry.in_place is None]
+    token_problems = check_tokens([entry.item for entry in pending], ctx)
+    for entry in pending:
         if entry.item.source in token_problems:
             entry.error = token_problems[entry.item.source]
 
     def resolve_one(entry: _Work) -> None:
-        if entry.error:
+        if entry.error or entry.in_place is not None:
             return
         try:
             entry.downloads = resolve(entry.item, ctx)
@@ -75,7 +87,7 @@ def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
 
     if provisioner.dry_run:
         return [_planned(entry) for entry in work]
-    return _fetch_all(work, provisioner)
+    return _fetch_all(work, provisioner, verified, done_before)
 
 
 def _refuse_shared_destinations(work: list[_Work]) -> None:
@@ -110,16 +122,27 @@ def _planned(entry: _Work) -> ItemResult:
     )
 
 
-def _fetch_all(work: list[_Work], provisioner: Provisioner) -> list[ItemResult]:
+def _fetch_all(
+    work: list[_Work], provisioner: Provisioner, verified: VerifiedRecords, done_before: ItemRecords
+) -> list[ItemResult]:
+    for entry in work:
+        if entry.in_place is not None:
+            entry.statuses = [SKIPPED] * len(entry.in_place)
+            log.info(f"skipped {entry.item.table}: in place as recorded (--update asks the source again)")
     engine = Engine(
-        VerifiedRecords(paths.state_dir(provisioner.workspace) / "verified.json"),
+        verified,
         connections=provisioner.connections,
         per_file=provisioner.per_file,
         retry=provisioner.retry,
         timeout=provisioner.timeout,
         verify=provisioner.verify,
     )
-    jobs = [(entry, download) for entry in work if not entry.error for download in entry.downloads]
+    jobs = [
+        (entry, download)
+        for entry in work
+        if not entry.error and entry.in_place is None
+        for download in entry.downloads
+    ]
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
@@ -159,6 +182,8 @@ def _fetch_all(work: list[_Work], provisioner: Provisioner) -> list[ItemResult]:
             last = len(entry.statuses) == len(entry.downloads)
         if last:
             _log_end(entry)
+            if not entry.error:
+                done_before.store(entry.item.identity, entry.files)
 
     try:
         _run_all(provisioner.jobs, fetch_one, jobs)
@@ -200,7 +225,8 @@ def _fetched(entry: _Work) -> ItemResult:
         status = SKIPPED
     else:
         status = OK
-    sizes = [d.dest.stat().st_size if d.dest.exists() else d.expected_size for d in entry.downloads]
+    expected = {d.dest: d.expected_size for d in entry.downloads}
+    sizes = [f.stat().st_size if f.exists() else expected.get(f) for f in entry.files]
     return ItemResult.for_item(
         item,
         status,
@@ -209,5 +235,5 @@ def _fetched(entry: _Work) -> ItemResult:
         bytes=entry.bytes,
         seconds=round((entry.finished or 0) - (entry.started or 0), 3) if entry.started else 0.0,
         reason=entry.error,
-        files=len(entry.downloads) if item.is_repository else None,
+        files=len(entry.files) if item.is_repository else None,
     )

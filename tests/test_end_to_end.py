@@ -93,14 +93,23 @@ def test_a_rerun_with_everything_in_place_reads_no_model_bytes(
     assert [r["status"] for r in json.loads(first.out)] == ["ok", "ok"]
     cdn.body_bytes = 0
     cdn.requests.clear()
+    hub.requests.clear()
     again = cli(config, "--json")
     assert again.code == 0
     rows = json.loads(again.out)
     assert [(r["status"], r["bytes"]) for r in rows] == [("skipped", 0), ("skipped", 0)]
-    assert cdn.body_bytes == 0 and all(r.method == "HEAD" for r in cdn.requests)
+    assert cdn.requests == [] and hub.requests == []  # recorded as in place: not one request
     # The records live outside the models folder: SD.Next sees only the models.
     assert tree(models) == ["ESRGAN/a.pth", "VAE/vae.safetensors"]
     assert (workspace / ".provision" / "verified.json").exists()
+    log = (workspace / "logs" / "provision.log").read_text()
+    assert "skipped models.esrgan.a: in place as recorded (--update asks the source again)" in log
+
+    # --update asks the sources again (metadata only) and still reads no model bytes.
+    updated = cli(config, "--json", "--update")
+    assert updated.code == 0
+    assert [r["status"] for r in json.loads(updated.out)] == ["skipped", "skipped"]
+    assert cdn.body_bytes == 0 and cdn.requests and all(r.method == "HEAD" for r in cdn.requests)
     log = (workspace / "logs" / "provision.log").read_text()
     assert "skipped models.esrgan.a: already in place and verified" in log
 
@@ -324,3 +333,47 @@ def test_a_signal_stops_every_transfer_at_once_and_the_next_run_resumes(
     assert sha256(dest.read_bytes()) == sha256(DATA)
     big = next(r for r in json.loads(out) if r["name"] == "big")
     assert big["bytes"] == SIZE - kept  # only the missing bytes
+
+
+def test_a_restart_with_every_server_down_finds_everything_in_place(
+    cli, write_config, cdn, hub, civitai, workspace, models, monkeypatch
+):
+    cdn.add("/a.pth", blob(100_000, seed=3))
+    hub.add_repo("org/m", {"vae.safetensors": blob(50_000, seed=4)})
+    civitai.add_version(7, 70, [VersionFile("lora.safetensors", blob(30_000, seed=5), file_id=5)])
+    config = str(
+        write_config(
+            f'[models.esrgan]\na = "{cdn.url}/a.pth"\n'
+            '[models.vae.v]\nrepo = "org/m"\nfile = "vae.safetensors"\n'
+            "[models.lora.l]\nversion_id = 7\n"
+        )
+    )
+    monkeypatch.setenv("HF_TOKEN", "hf_token_for_the_restart_test")
+    monkeypatch.setenv("CIVITAI_TOKEN", "civitai_token_for_the_restart_test")
+    hub.valid_tokens.add("hf_token_for_the_restart_test")
+    civitai.valid_tokens.add("civitai_token_for_the_restart_test")
+    first = cli(config, "--json")
+    assert first.code == 0, first.err
+    # The network is gone (a restart is a new process: no connection of the first run lingers).
+    for server in (cdn, hub, civitai):
+        server.stop()
+    env = {
+        "HF_TOKEN": "hf_token_for_the_restart_test",
+        "CIVITAI_TOKEN": "civitai_token_for_the_restart_test",
+        "PROVISION_RETRY_BASE": "5",  # retries would take minutes: none may happen
+    }
+    again = start_provision(Path(config), workspace, env)
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert [r["status"] for r in json.loads(out)] == ["skipped", "skipped", "skipped"]
+    assert "retry" not in err and "warning" not in err
+    # Asked to check upstream, the same restart fails each item, naming what it could not reach.
+    checked = subprocess.run(
+        [sys.executable, "-m", "provision", config, "--workspace", str(workspace), "--json", "--update"],
+        env={**os.environ, **env, "PROVISION_RETRY_ATTEMPTS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 1
+    assert [r["status"] for r in json.loads(checked.stdout)] == ["failed", "failed", "failed"], checked.stderr
