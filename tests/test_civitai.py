@@ -152,3 +152,27 @@ def test_dry_run_reports_name_and_approximate_size_without_downloading(cli, writ
     assert row["dest"] == str(models / "Lora" / "add_detail_xl.safetensors")
     assert row["size"] == len(LORA) and row["detail"] == "CivitAI id from version_id"
     assert not lora.seen("/api/download/") and cdn.body_bytes == 0
+
+
+def test_the_file_checked_is_the_file_downloaded_whatever_the_account_prefers(
+    cli, write_config, civitai, monkeypatch, models
+):
+    # Without fileId CivitAI serves the file the account prefers (here: pickles), not the
+    # primary file whose sha256 the metadata gave: the download must name its file.
+    civitai.valid_tokens.add(TOKEN)
+    monkeypatch.setenv("CIVITAI_TOKEN", TOKEN)
+    full, pickle = blob(120_000, seed=7), blob(90_000, seed=8)
+    civitai.add_version(
+        500,
+        50,
+        [
+            VersionFile("model.safetensors", full, file_id=11),
+            VersionFile("model.ckpt", pickle, format="PickleTensor", primary=False, file_id=12),
+        ],
+    )
+    civitai.preferred_format = "PickleTensor"
+    result = run(cli, write_config, "[models.checkpoints.m]\nversion_id = 500\n")
+    assert result.code == 0, result.err
+    assert tree(models) == ["Stable-diffusion/model.safetensors"]
+    assert sha256((models / "Stable-diffusion" / "model.safetensors").read_bytes()) == sha256(full)
+    assert all(r.query.get("fileId") == "11" for r in civitai.seen("/api/download/models/500"))

@@ -39,13 +39,9 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
     name = item.filename or safe_filename(chosen.get("name")) or f"civitai-{version_id}.safetensors"
     sha256 = ((chosen.get("hashes") or {}).get("SHA256") or "").lower() or None
     size_kb = chosen.get("sizeKB")
-    query = {}
-    if not chosen.get("primary") or spec.file_type or spec.file_format:
-        query["type"] = chosen.get("type")
-        fmt = (chosen.get("metadata") or {}).get("format")
-        if fmt:
-            query["format"] = fmt
-    url = f"{base()}/api/download/models/{version_id}" + (f"?{urlencode(query)}" if query else "")
+    # Always name the file: without fileId CivitAI picks one by the account's preferences (fp8 or
+    # bf16, pruned or full), which may not be the file whose sha256 was just read.
+    url = f"{base()}/api/download/models/{version_id}?{urlencode({'fileId': chosen.get('id')})}"
     return [
         Download(
             url=url,

@@ -40,6 +40,9 @@ class FakeCivitai(FakeServer):
     models: dict[int, list[int]] = field(default_factory=dict)  # model -> versions, newest first
     valid_tokens: set[str] = field(default_factory=set)
     download_faults: list[int] = field(default_factory=list)  # statuses for the next downloads
+    # The signed-in account's file preferences (civitai issue 3861): without fileId, a download
+    # serves the version's file of this format when it has one, not the primary file.
+    preferred_format: str | None = None
 
     def add_version(self, version_id: int, model_id: int, files: list[VersionFile], **options) -> Version:
         version = Version(version_id, model_id, files, **options)
@@ -139,11 +142,17 @@ class FakeCivitai(FakeServer):
             if (not query.get("type") or f.type == query["type"])
             and (not query.get("format") or f.format == query["format"])
         ]
-        chosen = (
-            wanted[0]
-            if query.get("type") or query.get("format")
-            else next(f for f in version.files if f.primary)
-        )
+        by_id = {str(f.file_id): f for f in version.files}
+        preferred = [f for f in version.files if f.format == self.preferred_format]
+        if query.get("fileId"):
+            if query["fileId"] not in by_id:
+                self._json(h, 404, {"error": "File not found"})
+                return
+            chosen = by_id[query["fileId"]]
+        elif query.get("type") or query.get("format"):
+            chosen = wanted[0]
+        else:
+            chosen = preferred[0] if preferred else next(f for f in version.files if f.primary)
         disposition = quote(f'attachment; filename="{chosen.name}"')
         location = (
             f"{self.cdn.url}/r2/{version_id}/{chosen.file_id}?X-Amz-Signature=r2sig"
