@@ -415,9 +415,9 @@ class _Transfer:
             response = self.engine.open(self.download, headers)
             if response.status_code == 206:
                 total = _content_range_total(response)
-                if total is None:
+                if total is None:  # seen when the connection closes inside the headers
                     response.close()
-                    raise FetchError("the server sent a partial answer without its total size")
+                    raise Retryable("a partial answer without its total size (Content-Range)")
                 if self.total is not None and total != self.total:
                     self._discard()
                 if self.total is None:
@@ -731,7 +731,7 @@ def _answered_range(response: requests.Response, start: int, end: int | None) ->
     match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
     if not match:
         response.close()
-        raise FetchError("the server sent a partial answer without Content-Range")
+        raise Retryable("a partial answer without Content-Range")
     first, last = int(match[1]), int(match[2])
     if first != start or last < first or (end is not None and last > end - 1):
         response.close()

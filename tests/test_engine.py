@@ -296,3 +296,12 @@ def test_a_range_answered_shorter_than_asked_is_completed(engine, served, tmp_pa
     result = engine().fetch(download(served, tmp_path, checksum=False))
     assert result.status == "ok"
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+
+
+def test_an_answer_cut_inside_its_headers_is_retried(engine, served, tmp_path, caplog):
+    served.fault("/m.safetensors", Fault(cut_headers=True), Fault(cut_headers=True))
+    caplog.set_level(logging.INFO, logger="provision")
+    result = engine().fetch(download(served, tmp_path))
+    assert result.status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+    assert "retry 1" in caplog.text

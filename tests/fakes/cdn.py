@@ -29,6 +29,7 @@ class Fault:
     ignore_range: bool = False
     shift: int = 0  # answer a range with the bytes this far further on (Content-Range says so)
     shorten: int = 0  # answer a range with this many bytes fewer (allowed: Content-Range says so)
+    cut_headers: bool = False  # close the connection in the middle of the response headers
 
 
 @dataclass
@@ -111,6 +112,12 @@ class FakeCDN(FakeServer):
         if "response-content-disposition" in query:  # presigned S3/R2 URLs name the file so
             headers["Content-Disposition"] = query["response-content-disposition"]
         headers.update(served.headers)
+        if fault.cut_headers:
+            h.wfile.write(f"HTTP/1.1 {status} Partial\r\nContent-Length: {end - start + 1}\r\n".encode())
+            h.wfile.flush()
+            h.close_connection = True
+            self._end(h, reset=False)
+            return
         h.send_response(status)
         for key, value in headers.items():
             h.send_header(key, value)
