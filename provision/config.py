@@ -13,6 +13,7 @@ whole file at once instead of one error per run. Two forms are accepted:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -52,6 +53,7 @@ ALL_KEYS = set().union(*KEYS_BY_SOURCE.values())
 TOP_LEVEL_KEYS = {"models"}
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REVISION = re.compile(r"[\w.-]+(/[\w.-]+)*")  # branch, tag, commit, refs/pr/1
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -195,10 +197,29 @@ def _huggingface(entry, where, env, report) -> HuggingFaceSpec | None:
                 " (expected .../<owner>/<repo>/resolve/<revision>/<file>)"
             )
             return None
-        return spec
+        # The URL names repo, revision and file; the other keys must agree or be refused aloud.
+        revision = _string(entry, "revision", where, report)
+        if revision is not None and revision != spec.revision:
+            report(
+                f'{where}.revision: "{revision}" but the URL asks for revision "{spec.revision}";'
+                " drop one of them"
+            )
+            return None
+        for key in ("include", "exclude"):
+            if key in entry:
+                report(f'{where}.{key}: filters whole repositories, but "url" names one file; drop it')
+                return None
+        gated = entry.get("gated", False)
+        if not isinstance(gated, bool):
+            report(f"{where}.gated: must be true or false")
+            return None
+        return dataclasses.replace(spec, gated=gated)
     repo = _string(entry, "repo", where, report, required=True)
     file = _string(entry, "file", where, report)
     revision = _string(entry, "revision", where, report) or "main"
+    if not _REVISION.fullmatch(revision) or ".." in revision.split("/"):
+        report(f'{where}.revision: {revision!r} is not a branch, tag or commit (like "main" or "v1.0")')
+        return None
     gated = entry.get("gated", False)
     if not isinstance(gated, bool):
         report(f"{where}.gated: must be true or false")

@@ -249,6 +249,18 @@ def test_key_of_another_source_is_named_as_such():
             'repo = "a/b"\nfile = "f.bin"\ninclude = ["*.json"]',
             '"include"/"exclude" filter whole repositories',
         ),
+        (
+            'repo = "a/b"\nrevision = "../../../etc"',
+            "revision: '../../../etc' is not a branch, tag or commit",
+        ),
+        (
+            'url = "https://huggingface.co/a/b/resolve/main/x.safetensors"\nrevision = "v2"',
+            'revision: "v2" but the URL asks for revision "main"; drop one of them',
+        ),
+        (
+            'url = "https://huggingface.co/a/b/resolve/main/x.safetensors"\ninclude = ["*.json"]',
+            'include: filters whole repositories, but "url" names one file',
+        ),
     ],
 )
 def test_invalid_entries_get_a_message_naming_the_key(entry, message):
@@ -314,3 +326,11 @@ def test_a_filename_with_nothing_usable_is_an_error(given):
 def test_entry_name_that_cannot_be_a_folder_is_an_error_for_whole_repos():
     (found,) = problems('[models.diffusers]\n".." = { repo = "a/b" }\n')
     assert "cannot be used as a folder name" in found
+
+
+def test_a_hugging_face_url_entry_honours_gated_and_an_agreeing_revision():
+    item = only(
+        '[models.vae.x]\nurl = "https://huggingface.co/a/b/resolve/v2/x.safetensors"\n'
+        'gated = true\nrevision = "v2"\n'
+    )
+    assert item.spec == HuggingFaceSpec("a/b", "x.safetensors", "v2", gated=True)
