@@ -46,7 +46,7 @@ COMMON_KEYS = {"source", "filename"}
 KEYS_BY_SOURCE = {
     "huggingface": COMMON_KEYS | {"repo", "file", "revision", "gated", "include", "exclude", "url"},
     "civitai": COMMON_KEYS | {"version_id", "model_id", "url", "type", "format"},
-    "url": COMMON_KEYS | {"url", "headers"},
+    "url": COMMON_KEYS | {"url", "headers", "sha256", "size"},
     "gdrive": COMMON_KEYS | {"url", "id"},
 }
 ALL_KEYS = set().union(*KEYS_BY_SOURCE.values())
@@ -297,8 +297,16 @@ def _url(entry, where, env, report) -> UrlSpec | GDriveSpec | None:
         return None
     expanded = {}
     for key, value in headers.items():
+        if re.search(r"[\r\n]", key + value):
+            report(f"{where}.headers.{key}: a header name or value may not hold a line break")
+            return None
         expanded[key] = _expand_env(value, f"{where}.headers.{key}", env, report)
-    return UrlSpec(url, expanded)
+    sha256 = _string(entry, "sha256", where, report)
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        report(f"{where}.sha256: must be 64 hex digits (the file's sha256, as `sha256sum` prints it)")
+        return None
+    size = _positive_int(entry, "size", where, report)
+    return UrlSpec(url, expanded, sha256=sha256.lower() if sha256 else None, size=size)
 
 
 def _gdrive(entry, where, env, report) -> GDriveSpec | None:

@@ -32,6 +32,8 @@ class UrlSpec:
     url: str
     # Values may hold expanded ${ENV} secrets: never shown in a repr.
     headers: dict[str, str] = field(default_factory=dict, repr=False)
+    sha256: str | None = None  # given in the config: checked like a source's published one
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Item:
         elif isinstance(spec, CivitaiSpec):
             what = f"civitai:{spec.version_id}:{spec.model_id}:{spec.file_type}:{spec.file_format}"
         elif isinstance(spec, UrlSpec):
-            what = f"url:{redact(spec.url)}"
+            what = f"url:{redact(spec.url)}:{spec.sha256 or ''}"
         else:
             what = f"gdrive:{spec.file_id}"
         return f"{what} -> {self.dest}"

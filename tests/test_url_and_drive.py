@@ -138,3 +138,36 @@ def test_server_chosen_names_that_collide_fail_the_later_item(cli, write_config,
     assert b["reason"].startswith(f"same destination as models.lora.a ({models}/Lora/model.safetensors)")
     assert (models / "Lora" / "model.safetensors").read_bytes() == b"first model"
     assert tree(models) == ["Lora/model.safetensors"]
+
+
+def test_a_url_entry_with_sha256_and_size_is_verified(cli, write_config, cdn, models):
+    cdn.add("/good.pth", DATA)
+    cdn.add("/swapped.pth", blob(len(DATA), seed=99))  # same size, other bytes
+    body = (
+        f'[models.esrgan.good]\nurl = "{cdn.url}/good.pth"\nsha256 = "{sha256(DATA).upper()}"\nsize = {len(DATA)}\n'
+        f'[models.esrgan.swapped]\nurl = "{cdn.url}/swapped.pth"\nsha256 = "{sha256(DATA)}"\n'
+        f'[models.esrgan.resized]\nurl = "{cdn.url}/good.pth"\nfilename = "r.pth"\nsize = 12\n'
+    )
+    result = run(cli, write_config, body)
+    assert result.code == 1
+    rows = {r["name"]: r for r in json.loads(result.out)}
+    assert rows["good"]["status"] == "ok"
+    assert rows["swapped"]["status"] == "failed"
+    assert f"checksum mismatch: expected sha256:{sha256(DATA)}" in rows["swapped"]["reason"]
+    assert rows["resized"]["status"] == "failed"
+    assert f"offers {len(DATA)} bytes, but the config says size = 12" in rows["resized"]["reason"]
+    assert tree(models) == ["ESRGAN/good.pth"]  # nothing unverified under a final name
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('sha256 = "abc"', "sha256: must be 64 hex digits"),
+        ("size = 0", "size: must be a positive number"),
+        ('headers = { X-A = "v\\r\\nInjected: 1" }', "may not hold a line break"),
+    ],
+)
+def test_bad_url_checksum_size_or_header_is_a_config_error(cli, write_config, entry, message):
+    result = run(cli, write_config, f'[models.esrgan.x]\nurl = "https://example.com/x.pth"\n{entry}\n')
+    assert result.code == 2
+    assert "models.esrgan.x" in result.err and message in result.err

@@ -1,5 +1,6 @@
-"""Plain URLs: optional headers; the name from the item, else Content-Disposition (RFC 6266,
-`filename*` first), else the URL's path. Always reduced to a safe base name."""
+"""Plain URLs: optional headers, optional sha256 and size from the config (checked like a
+published checksum); the name from the item, else Content-Disposition (RFC 6266, `filename*`
+first), else the URL's path. Always reduced to a safe base name."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from ..download import Download
+from ..download import Checksum, Download
 from ..paths import safe_filename
 from ..plan import Item, UrlSpec
 from ..secrets import redact
@@ -29,13 +30,19 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
             or safe_filename(item.name)
         )
         size = _size(response)
+    if spec.size is not None and size is not None and size != spec.size:
+        raise SourceError(
+            f"{redact(spec.url)} offers {size} bytes, but the config says size = {spec.size}: "
+            "check the URL, or fix size (and sha256)"
+        )
     return [
         Download(
             url=spec.url,
             dest=item.folder / name,  # type: ignore[operator]
-            size=size,
+            size=spec.size if spec.size is not None else size,
+            checksum=Checksum("sha256", spec.sha256) if spec.sha256 else None,
             headers=dict(spec.headers),
-            identity=f"url:{redact(spec.url)}",
+            identity=f"url:{redact(spec.url)}" + (f"#sha256={spec.sha256}" if spec.sha256 else ""),
             explain=lambda status: explain(status, spec.url),
         )
     ]
