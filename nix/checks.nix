@@ -9,6 +9,7 @@
   execline,
   caddy,
   shellcheck,
+  tinyproxy,
   ruff,
   bashInteractive,
   coreutils,
@@ -47,6 +48,7 @@ in
           execline
           caddy
           shellcheck
+          tinyproxy
           bashInteractive
           coreutils
           provision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 import requests
@@ -20,6 +21,21 @@ class UnsafeRedirect(requests.RequestException):
 
 
 class _Session(requests.Session):
+    """trust_env is off (no ~/.netrc credentials ever), so the settings people expect from
+    the environment are read here instead: HTTPS_PROXY / HTTP_PROXY / NO_PROXY per URL (also
+    after a redirect to another host), and REQUESTS_CA_BUNDLE or SSL_CERT_FILE."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        proxies = {**requests.utils.get_environ_proxies(url), **(proxies or {})}
+        if verify is True or verify is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or verify
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+    def rebuild_proxies(self, prepared_request, proxies):
+        return super().rebuild_proxies(
+            prepared_request, requests.utils.get_environ_proxies(prepared_request.url)
+        )
+
     def get_redirect_target(self, resp):
         target = super().get_redirect_target(resp)
         if target and urlsplit(target).scheme not in ("", "http", "https"):
@@ -45,8 +61,8 @@ def new_session(pool_size: int = 16) -> requests.Session:
     session = _Session()
     session.headers["User-Agent"] = USER_AGENT
     session.max_redirects = MAX_REDIRECTS
-    # No ~/.netrc credentials or environment CA/proxy surprises: every credential we send is
-    # one the config or the environment's token variables gave, to the host it belongs to.
+    # No ~/.netrc credentials: every credential we send is one the config or the environment's
+    # token variables gave, to the host it belongs to (proxies and CA bundles: see _Session).
     session.trust_env = False
     adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)

