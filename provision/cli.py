@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         update=args.update,
     )
     workspace = provisioner.workspace
+    if workspace.exists() and not workspace.is_dir():
+        parser.error(f"--workspace {workspace}: is a file, not a folder; give the workspace folder")
     # A dry-run writes nothing into the workspace unless a log file is asked for explicitly.
     log_file = args.log_file or (None if args.dry_run else paths.log_file(workspace))
     verbosity = -1 if args.quiet else 1 if args.verbose else 0

@@ -82,6 +82,8 @@ def load_plan(
     elif not isinstance(models, dict):
         problems.append("models: must be a table of categories, like [models.lora.<name>]")
         models = {}
+    elif not any(isinstance(entries, dict) and entries for entries in models.values()):
+        problems.append(f"{origin}: [models] lists no model: add entries like [models.lora.<name>]")
 
     for category_name, entries in (models or {}).items():
         category = categories.lookup(category_name)

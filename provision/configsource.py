@@ -19,6 +19,9 @@ from .http import TIMEOUT, new_session, read_capped
 from .secrets import redact
 
 MAX_CONFIG_BYTES = 1024 * 1024
+# A config arrives in seconds; one that trickles in (each byte inside the read timeout) is given
+# up after this many seconds in all. PROVISION_CONFIG_DEADLINE changes it (tests, slow links).
+CONFIG_DEADLINE = 60.0
 
 
 def is_remote(source: str) -> bool:
@@ -85,7 +88,8 @@ def _get(session: requests.Session, url: str, shown: str) -> requests.Response:
 
 def _read_body(response: requests.Response, shown: str) -> bytes:
     try:
-        return read_capped(response, MAX_CONFIG_BYTES)
+        deadline = float(os.environ.get("PROVISION_CONFIG_DEADLINE", CONFIG_DEADLINE))
+        return read_capped(response, MAX_CONFIG_BYTES, deadline=deadline)
     except ValueError:
         raise ConfigError(
             [f"{shown}: the answer is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file"]

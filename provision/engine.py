@@ -41,7 +41,7 @@ from pathlib import Path
 import requests
 
 from .download import Checksum, Download
-from .http import new_session
+from .http import UnsafeRedirect, new_session
 from .records import VerifiedRecords
 from .retry import GaveUp, Retryable, RetryPolicy, check_status, retrying
 from .secrets import redact
@@ -258,12 +258,15 @@ class Engine:
 
     def open(self, download: Download, headers: dict[str, str]) -> requests.Response:
         """GET with the download's headers; 2xx or an exception (retryable or final)."""
-        response = self.session().get(
-            download.url,
-            headers={**download.headers, **headers, "Accept-Encoding": "identity"},
-            stream=True,
-            timeout=self.timeout,
-        )
+        try:
+            response = self.session().get(
+                download.url,
+                headers={**download.headers, **headers, "Accept-Encoding": "identity"},
+                stream=True,
+                timeout=self.timeout,
+            )
+        except UnsafeRedirect as err:
+            raise FetchError(f"{redact(download.url)}: {err}") from None
         status = response.status_code
         if status < 300:
             return response
@@ -431,7 +434,12 @@ class _Transfer:
             raise
         try:
             # 200: the whole file from byte 0 (no ranges, or If-Range said it changed).
-            if "Range" in headers and self.done.covered():
+            if "If-Range" in headers:
+                log.warning(
+                    f"{self.download.dest.name}: the file changed on the server since the partial "
+                    "download (If-Range); starting over from byte 0"
+                )
+            elif "Range" in headers and self.done.covered():
                 log.warning(f"{self.download.dest.name}: the server ignored Range; starting over from byte 0")
             self._discard()
             self.segmented = False

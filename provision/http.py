@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from urllib.parse import urlsplit
 
 import requests
@@ -70,12 +71,31 @@ def new_session(pool_size: int = 16) -> requests.Session:
     return session
 
 
-def read_capped(response: requests.Response, limit: int) -> bytes:
-    """The whole body, or ValueError as soon as it passes `limit` bytes."""
+class TooSlow(requests.RequestException):
+    """A body that trickles in (a byte now and then keeps the read timeout from firing)."""
+
+
+def read_capped(response: requests.Response, limit: int, deadline: float | None = None) -> bytes:
+    """The whole body, or ValueError as soon as it passes `limit` bytes, or TooSlow when it is
+    not complete `deadline` seconds after the first byte was asked for."""
     chunks, size = [], 0
-    for chunk in response.iter_content(64 * 1024):
+    until = time.monotonic() + deadline if deadline is not None else None
+    for chunk in _pieces_as_they_come(response):
         size += len(chunk)
         if size > limit:
             raise ValueError(f"body larger than {limit} bytes")
+        if until is not None and time.monotonic() > until:
+            raise TooSlow(f"not complete after {deadline:.0f} s ({size} bytes so far)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _pieces_as_they_come(response: requests.Response):
+    """The body in the pieces the network delivers (urllib3 2's read1), so a deadline is checked
+    even while a server trickles; iter_content would wait for each 64 KiB."""
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:  # urllib3 1.x
+        yield from response.iter_content(1024)
+        return
+    while data := read1(64 * 1024, decode_content=True):
+        yield data

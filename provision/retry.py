@@ -7,6 +7,7 @@ import email.utils
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -105,8 +106,21 @@ def retry_after(response: requests.Response) -> float | None:
     return None
 
 
+_UNREACHABLE = re.compile(r"host='([^']+)', port=(\d+)")
+
+
 def describe(err: BaseException) -> str:
     text = str(err) or type(err).__name__
+    host = _UNREACHABLE.search(text)
+    if isinstance(err, requests.ConnectionError) and host and "NewConnectionError" in text:
+        why = (
+            "no such host"
+            if "resolve" in text.lower()
+            else "connection refused"
+            if "refused" in text
+            else "no route"
+        )
+        return f"cannot reach {host[1]}:{host[2]} ({why}): check the network and the URL"
     # requests reports a read timeout inside a body as a ConnectionError: look at the text too.
     if isinstance(err, requests.Timeout | urllib3.exceptions.ReadTimeoutError) or "timed out" in text:
         return f"stalled or timed out ({text})"

@@ -7,6 +7,7 @@ engine's global cap on connections, and folds the files back into one result per
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -170,7 +171,15 @@ def _fetch_all(
         except FetchError as err:
             error = f"{download.dest.name}: {redact(str(err))}"
         except OSError as err:
-            error = f"{download.dest.name}: {err.strerror or err} ({err.filename or ''})"
+            if err.errno == errno.ENOSPC:
+                error = (
+                    f"{download.dest.name}: the disk of {download.dest.parent} is full: free some space or "
+                    "rent a bigger disk, then run again (what is on disk resumes)"
+                )
+            else:
+                error = f"{download.dest.name}: {err.strerror or err}" + (
+                    f" ({err.filename})" if err.filename else ""
+                )
         with entry_lock:
             if error is None:
                 entry.bytes += result.bytes

@@ -182,3 +182,12 @@ def test_api_aliases_of_the_earlier_design(write_config, tmp_path):
     assert system.provision_from_file(Path(config)).results[0].dest == report.results[0].dest
     with pytest.raises(ValueError):
         Provisioner(tmp_path, offline=True)
+
+
+def test_a_workspace_that_is_a_file_is_a_usage_error(cli, tmp_path, write_config):
+    not_a_folder = tmp_path / "ws-file"
+    not_a_folder.write_text("")
+    config = write_config('[models.lora]\nx = "https://example.com/x.safetensors"\n')
+    result = cli(str(config), "--workspace", str(not_a_folder))
+    assert result.code == 2
+    assert f"--workspace {not_a_folder}: is a file, not a folder" in result.err

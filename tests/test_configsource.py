@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -33,6 +34,17 @@ class ConfigHost(FakeServer):
             h.reply(200, b"#" * (1024 * 1024 + 10))
         elif path == "/binary":
             h.reply(200, b"\xff\xfe\x00bad")
+        elif path == "/trickle":  # a byte now and then: the read timeout never fires
+            h.send_response(200)
+            h.send_header("Content-Length", "100000")
+            h.end_headers()
+            for _ in range(100000):
+                try:
+                    h.wfile.write(b"#")
+                    h.wfile.flush()
+                except OSError:
+                    return  # the client gave up
+                time.sleep(0.05)
         else:
             h.reply(404, b"not here")
 
@@ -71,6 +83,20 @@ def test_remote_config_errors_exit_2_with_a_reason(cli, host, workspace, path, m
     assert message in result.err
     assert "sekrit-query-token" not in result.text
     assert tree(workspace) == []
+
+
+def test_a_config_that_trickles_in_is_given_up_after_the_deadline(cli, host, monkeypatch):
+    monkeypatch.setenv("PROVISION_CONFIG_DEADLINE", "1")
+    result = cli(f"{host.url}/trickle", "--dry-run")
+    assert result.code == 2
+    assert "the download broke off: TooSlow: not complete after 1 s" in result.err
+
+
+def test_a_config_without_any_model_is_an_error(cli, tmp_path):
+    empty = tmp_path / "empty.toml"
+    empty.write_text("[models]\n[models.lora]\n")
+    result = cli(str(empty), "--dry-run", "--offline")
+    assert result.code == 2 and "[models] lists no model" in result.err
 
 
 def test_unreachable_config_host_exits_2(cli):

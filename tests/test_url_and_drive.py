@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -53,7 +54,9 @@ class Mirror(FakeServer):
     cdn_url = ""
 
     def handle(self, h, path, query):
-        if h.headers.get("X-Api-Key") != "mirror-secret-1":
+        if path == "/to-file":
+            h.reply(302, b"", {"Location": "file:///etc/passwd"})
+        elif h.headers.get("X-Api-Key") != "mirror-secret-1":
             h.reply(403, b"no key")
         elif path == "/model.safetensors":
             h.reply(302, b"", {"Location": f"{self.cdn_url}/stored.safetensors"})
@@ -171,3 +174,40 @@ def test_bad_url_checksum_size_or_header_is_a_config_error(cli, write_config, en
     result = run(cli, write_config, f'[models.esrgan.x]\nurl = "https://example.com/x.pth"\n{entry}\n')
     assert result.code == 2
     assert "models.esrgan.x" in result.err and message in result.err
+
+
+def test_a_redirect_to_a_file_url_fails_the_item_with_the_reason(cli, write_config, mirror, models):
+    result = run(cli, write_config, f'[models.lora.m]\nurl = "{mirror.url}/to-file"\nfilename = "m.bin"\n')
+    assert result.code == 1
+    (row,) = json.loads(result.out)
+    assert "refused a redirect to a non-http(s) URL (file:)" in row["reason"]
+    assert "unexpected error" not in result.err
+
+
+def test_an_unreachable_host_is_named_in_plain_words(cli, write_config, models, monkeypatch):
+    monkeypatch.setenv("PROVISION_RETRY_ATTEMPTS", "2")
+    result = run(cli, write_config, '[models.lora.m]\nurl = "http://127.0.0.1:9/m.bin"\n')
+    assert result.code == 1
+    (row,) = json.loads(result.out)
+    assert "cannot reach 127.0.0.1:9 (connection refused): check the network and the URL" in row["reason"]
+    assert "HTTPConnectionPool" not in row["reason"]
+
+
+def test_a_full_disk_says_what_to_do(cli, write_config, cdn, models, monkeypatch):
+    import errno
+
+    cdn.add("/big.pth", blob(5_000_000, seed=5))
+
+    real_pwrite = os.pwrite
+
+    def full(fd, data, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    result = run(cli, write_config, f'[models.esrgan]\nbig = "{cdn.url}/big.pth"\n')
+    assert result.code == 1
+    (row,) = json.loads(result.out)
+    assert "is full: free some space or rent a bigger disk, then run again" in row["reason"]
+    assert "()" not in row["reason"]

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import requests
 
 from ..download import Download
-from ..http import TIMEOUT, new_session
+from ..http import TIMEOUT, UnsafeRedirect, new_session
 from ..plan import CivitaiSpec, GDriveSpec, HuggingFaceSpec, Item, UrlSpec
 from ..retry import GaveUp, RetryPolicy, check_status, retrying
+from ..secrets import redact
 
 
 class SourceError(Exception):
@@ -42,6 +43,8 @@ class Context:
             retrying(self.retry, url.split("?")[0], attempt)
         except GaveUp as err:
             raise SourceError(str(err)) from None
+        except UnsafeRedirect as err:
+            raise SourceError(f"{redact(url)}: {err}") from None
         return result[0]
 
 
