@@ -75,6 +75,12 @@ class Provisioner:
         self.timeout = timeout or (TIMEOUT[0], float(os.environ.get("PROVISION_READ_TIMEOUT", TIMEOUT[1])))
         register_env_secrets()
 
+    def __enter__(self) -> Provisioner:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Nothing outlives a run (its sessions close when it ends): `with` only scopes it."""
+
     def plan(self, config: str | Path) -> Plan:
         """Read and validate the config; raises ConfigError listing every problem."""
         text, origin = read_config(str(config), offline=self.offline)
@@ -96,15 +102,26 @@ class Provisioner:
                 runnable.append(item)
         if self.dry_run and self.offline:
             report.results.extend(ItemResult.for_item(i, PLANNED, detail=i.detail) for i in runnable)
-        elif self.dry_run:
-            from .run import execute  # the network half: sources and the download engine
-
-            report.results.extend(execute(runnable, self))
         else:
-            from .run import execute
+            from .run import RunSettings, execute  # the network half: sources and the engine
 
-            with workspace_lock(paths.state_dir(self.workspace), wait=self.wait):
-                report.results.extend(execute(runnable, self))
+            settings = RunSettings(
+                workspace=self.workspace,
+                jobs=self.jobs,
+                connections=self.connections,
+                per_file=self.per_file,
+                retry=self.retry,
+                timeout=self.timeout,
+                dry_run=self.dry_run,
+                update=self.update,
+                verify=self.verify,
+                progress=self.progress,
+            )
+            if self.dry_run:
+                report.results.extend(execute(runnable, settings))
+            else:
+                with workspace_lock(paths.state_dir(self.workspace), wait=self.wait):
+                    report.results.extend(execute(runnable, settings))
         # Keep the config's order whatever order the work finished in.
         order = {(i.category, i.name): n for n, i in enumerate(plan.items)}
         report.results.sort(key=lambda r: order[(r.category, r.name)])
@@ -117,10 +134,9 @@ def preflight(item: Item) -> str | None:
     """A reason this item cannot work, found before any request; None when it may."""
     spec = item.spec
     if isinstance(spec, HuggingFaceSpec) and spec.gated and not os.environ.get("HF_TOKEN"):
-        return (
-            f"{spec.repo} is gated: accept its terms at https://huggingface.co/{spec.repo} and "
-            "set HF_TOKEN to a read token of that account"
-        )
+        from .sources.huggingface import gated_message  # only for gated items: a heavy import
+
+        return gated_message(spec)
     return None
 
 

@@ -34,3 +34,7 @@ class Download:
     @property
     def expected_size(self) -> int | None:
         return self.size if self.size is not None else self.size_hint
+
+
+class FetchError(Exception):
+    """The file cannot be fetched; the message says why and what to do."""

@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import paths
 from .download import Download
@@ -23,13 +22,27 @@ from .plan import Item
 from .progress import make_progress
 from .records import ItemRecords, VerifiedRecords
 from .report import FAILED, OK, PLANNED, SKIPPED, ItemResult, human_size
+from .retry import RetryPolicy
 from .secrets import redact
 from .sources import Context, SourceError, check_tokens, resolve
 
-if TYPE_CHECKING:
-    from .core import Provisioner
-
 log = logging.getLogger("provision")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run needs to know (the Provisioner's options), handed down from core.py."""
+
+    workspace: Path
+    jobs: int
+    connections: int
+    per_file: int
+    retry: RetryPolicy
+    timeout: tuple[float, float]
+    dry_run: bool = False
+    update: bool = False
+    verify: bool = False
+    progress: bool | None = None  # None: bars on a terminal, log lines otherwise
 
 
 @dataclass
@@ -54,13 +67,20 @@ class _Work:
         return self.files[0] if single else self.item.dest
 
 
-def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
-    ctx = Context(retry=provisioner.retry, timeout=provisioner.timeout)
+def execute(items: list[Item], settings: RunSettings) -> list[ItemResult]:
+    ctx = Context(retry=settings.retry, timeout=settings.timeout)
+    try:
+        return _execute(items, settings, ctx)
+    finally:
+        ctx.session.close()
+
+
+def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> list[ItemResult]:
     work = [_Work(item) for item in items]
-    state = paths.state_dir(provisioner.workspace)
+    state = paths.state_dir(settings.workspace)
     verified = VerifiedRecords(state / "verified.json")
     done_before = ItemRecords(state / "items.json", verified)
-    if not (provisioner.dry_run or provisioner.update or provisioner.verify):
+    if not (settings.dry_run or settings.update or settings.verify):
         for entry in work:
             entry.in_place = done_before.in_place(entry.item.identity)
     pending = [entry for entry in work if entry.in_place is None]
@@ -80,15 +100,15 @@ def execute(items: list[Item], provisioner: Provisioner) -> list[ItemResult]:
             log.debug(f"{entry.item.table}: resolving failed", exc_info=True)
             entry.error = f"unexpected error while resolving: {redact(f'{type(err).__name__}: {err}')}"
 
-    _run_all(provisioner.jobs, resolve_one, work)
+    _run_all(settings.jobs, resolve_one, work)
     _refuse_shared_destinations(work)
     for entry in work:
         if entry.error:
             log.error(f"{entry.item.table}: {entry.error}")
 
-    if provisioner.dry_run:
+    if settings.dry_run:
         return [_planned(entry) for entry in work]
-    return _fetch_all(work, provisioner, verified, done_before)
+    return _fetch_all(work, settings, verified, done_before)
 
 
 def _refuse_shared_destinations(work: list[_Work]) -> None:
@@ -124,7 +144,7 @@ def _planned(entry: _Work) -> ItemResult:
 
 
 def _fetch_all(
-    work: list[_Work], provisioner: Provisioner, verified: VerifiedRecords, done_before: ItemRecords
+    work: list[_Work], settings: RunSettings, verified: VerifiedRecords, done_before: ItemRecords
 ) -> list[ItemResult]:
     for entry in work:
         if entry.in_place is not None:
@@ -132,11 +152,11 @@ def _fetch_all(
             log.info(f"skipped {entry.item.table}: in place as recorded (--update asks the source again)")
     engine = Engine(
         verified,
-        connections=provisioner.connections,
-        per_file=provisioner.per_file,
-        retry=provisioner.retry,
-        timeout=provisioner.timeout,
-        verify=provisioner.verify,
+        connections=settings.connections,
+        per_file=settings.per_file,
+        retry=settings.retry,
+        timeout=settings.timeout,
+        verify=settings.verify,
     )
     jobs = [
         (entry, download)
@@ -147,7 +167,7 @@ def _fetch_all(
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
-    progress = make_progress(provisioner.progress, expected)
+    progress = make_progress(settings.progress, expected)
 
     # The files of one repository run in parallel: their item's counters change under a lock.
     entry_lock = threading.Lock()
@@ -195,12 +215,13 @@ def _fetch_all(
                 done_before.store(entry.item.identity, entry.files)
 
     try:
-        _run_all(provisioner.jobs, fetch_one, jobs)
+        _run_all(settings.jobs, fetch_one, jobs)
     except BaseException as stop:  # Ctrl-C or SIGTERM: every transfer saves its state and stops
         stop.partial_files = engine.cancel()  # type: ignore[attr-defined]  # for the one line the CLI prints
         raise
     finally:
         progress.close()
+        engine.close()
     return [_fetched(entry) for entry in work]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.engine import Ranges
+from provision.ranges import Ranges
 
 from .conftest import SECRET_VARS, blob, sha256, tree
 from .fakes.civitai import VersionFile

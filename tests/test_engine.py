@@ -9,7 +9,8 @@ import os
 import pytest
 
 from provision.download import Checksum, Download
-from provision.engine import Engine, FetchError, Ranges
+from provision.engine import Engine, FetchError
+from provision.ranges import Ranges
 from provision.records import VerifiedRecords
 from provision.retry import RetryPolicy
 

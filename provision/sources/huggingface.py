@@ -152,7 +152,7 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
     try:
         retrying(ctx.retry, f"{hub()}/{spec.repo}", attempt)
     except GatedRepoError:
-        raise SourceError(_gated_message(spec)) from None
+        raise SourceError(gated_message(spec)) from None
     except RevisionNotFoundError:
         raise SourceError(
             f'revision {spec.revision!r} not found in {spec.repo}: check "revision" (a branch, tag or commit)'
@@ -179,7 +179,8 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
     return result[0]
 
 
-def _gated_message(spec: HuggingFaceSpec) -> str:
+def gated_message(spec: HuggingFaceSpec) -> str:
+    """The one explanation of a gated repository, before any request and after a refusal."""
     page = f"{hub()}/{spec.repo}"
     if _token():
         return f"{spec.repo} is gated: accept its terms at {page} with the account whose token is in HF_TOKEN"
@@ -190,7 +191,7 @@ def _gated_message(spec: HuggingFaceSpec) -> str:
 
 def _explain_status(status: int, spec: HuggingFaceSpec) -> str | None:
     if status == 403 or (status == 401 and spec.gated):
-        return _gated_message(spec)
+        return gated_message(spec)
     if status == 401:
         return f"Hugging Face refused the download (401): set HF_TOKEN to a token with access to {spec.repo}"
     if status == 404:

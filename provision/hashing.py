@@ -1,0 +1,97 @@
+"""Checksums: sha256, or the git blob id the Hub publishes for small files; of a whole file, or
+of a `.part` front to back while its pieces arrive."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .download import Checksum
+
+if TYPE_CHECKING:
+    from .transfer import Transfer
+
+MiB = 1024 * 1024
+
+
+class PrefixHasher:
+    """Hashes the `.part` front to back while pieces arrive, from the contiguous prefix."""
+
+    def __init__(self, transfer: Transfer):
+        self.transfer = transfer
+        expected = transfer.download.checksum
+        self.algorithm = expected.algorithm if expected else "sha256"
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.upto = 0
+            self.digest = new_digest(self.algorithm)
+            self.header_done = False
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def _follow(self) -> None:
+        with contextlib.suppress(OSError):
+            while not self.transfer.stop.is_set():
+                self.wake.wait(0.5)
+                self.wake.clear()
+                self._catch_up(self.transfer.total)
+
+    def _catch_up(self, total: int | None) -> None:
+        with self.lock:
+            if self.algorithm == "git-sha1" and not self.header_done:
+                if total is None:
+                    return  # the blob header needs the size first
+                self.digest.update(blob_header(total))
+                self.header_done = True
+            with self.transfer.lock:
+                ready = self.transfer.done.prefix_end()
+            if ready <= self.upto:
+                return
+            with open(self.transfer.part, "rb") as file:
+                file.seek(self.upto)
+                while self.upto < ready:
+                    block = file.read(min(2 * MiB, ready - self.upto))
+                    if not block:
+                        break
+                    self.digest.update(block)
+                    self.upto += len(block)
+
+    def result(self, total: int) -> Checksum:
+        self.transfer.stop.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join()
+        self._catch_up(total)
+        return Checksum(self.algorithm, self.digest.hexdigest())
+
+
+def new_digest(algorithm: str):
+    return hashlib.sha1() if algorithm == "git-sha1" else hashlib.sha256()
+
+
+def blob_header(size: int) -> bytes:
+    """git hashes a blob as sha1(b"blob <size>\\0" + content): the Hub's id for small files."""
+    return f"blob {size}\0".encode()
+
+
+def hash_file(path: Path, algorithm: str = "sha256") -> Checksum:
+    digest = new_digest(algorithm)
+    if algorithm == "git-sha1":
+        digest.update(blob_header(path.stat().st_size))
+    with open(path, "rb") as file:
+        while block := file.read(8 * MiB):
+            digest.update(block)
+    return Checksum(algorithm, digest.hexdigest())

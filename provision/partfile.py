@@ -1,0 +1,101 @@
+"""A download's `.part` file and its state: which byte ranges are on disk, and of which file.
+
+`<name>.part` is preallocated (sparse) to the full size, so pieces land at their offsets;
+`<name>.part.state` (identity, total, validator, done ranges) is rewritten atomically at most
+every half second, so a killed run resumes with little more than the missing bytes. A state
+that does not fit (another identity, another size, a part of another length) is not trusted:
+both files go and the download starts over. `commit` is the only way to the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ranges import Ranges
+
+SAVE_INTERVAL = 0.5
+
+
+@dataclass
+class PartState:
+    total: int | None = None
+    validator: str | None = None  # a strong ETag or Last-Modified, for If-Range
+    done: Ranges = field(default_factory=Ranges)
+
+
+class PartFile:
+    def __init__(self, dest: Path, identity: str):
+        self.dest = dest
+        self.identity = identity
+        self.path = dest.with_name(dest.name + ".part")
+        self.state_path = self.path.with_name(self.path.name + ".state")
+        self._last_save = 0.0
+        self._save_lock = threading.Lock()
+
+    def load(self, expected_size: int | None) -> PartState:
+        """What an earlier run left, or a fresh state (and no files) when it cannot be trusted."""
+        try:
+            saved = json.loads(self.state_path.read_text())
+            if saved.get("identity") != self.identity:
+                raise ValueError("another file")
+            state = PartState(saved["total"], saved.get("validator"), Ranges(saved["done"]))
+            if expected_size is not None and state.total != expected_size:
+                raise ValueError("size changed")
+            if state.total is None or self.path.stat().st_size != state.total:
+                raise ValueError("part has the wrong length")
+            return state
+        except (OSError, ValueError, KeyError, TypeError):
+            self.discard()
+            return PartState()
+
+    def discard(self) -> None:
+        for path in (self.path, self.state_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def create(self, total: int | None) -> None:
+        with open(self.path, "wb") as file:
+            if total:
+                file.truncate(total)  # sparse: pieces land at their offsets
+
+    def due(self) -> bool:
+        """Whether a periodic save is due (callers then snapshot their state and `save` it)."""
+        return time.monotonic() - self._last_save >= SAVE_INTERVAL
+
+    def save(self, state: PartState) -> None:
+        """Write a snapshot of the state (taken under the caller's lock) atomically."""
+        data = {
+            "identity": self.identity,
+            "total": state.total,
+            "validator": state.validator,
+            "done": [list(span) for span in state.done.spans],
+        }
+        with self._save_lock:
+            self._last_save = time.monotonic()
+            tmp = self.state_path.with_name(f"{self.state_path.name}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.state_path)
+
+    def commit(self) -> None:
+        """The verified part becomes the file: fsync, atomic rename, fsync of the folder."""
+        with open(self.path, "r+b") as file:
+            os.fsync(file.fileno())
+        os.replace(self.path, self.dest)
+        _fsync_dir(self.dest.parent)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,47 @@
+"""The global cap on connections, shared by every file of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import threading
+
+
+class ConnectionSlots:
+    """The global cap on connections, granted earliest-started file first.
+
+    A plain semaphore hands slots to whichever thread asks first, so five files share sixteen
+    connections evenly and the biggest one finishes last, alone. Granting by file order (and
+    starting the biggest files first) keeps the big files at full speed from the start, which
+    is what makes the whole set finish early.
+    """
+
+    def __init__(self, count: int):
+        self.free = count
+        self.condition = threading.Condition()
+        self.waiting: list[tuple[int, int]] = []  # (priority, ticket), a heap
+        self.tickets = itertools.count()
+
+    def acquire(self, priority: int) -> None:
+        with self.condition:
+            entry = (priority, next(self.tickets))
+            heapq.heappush(self.waiting, entry)
+            while not (self.free > 0 and self.waiting[0] == entry):
+                self.condition.wait()
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            self.condition.notify_all()
+
+    def release(self) -> None:
+        with self.condition:
+            self.free += 1
+            self.condition.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, priority: int):
+        self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()
