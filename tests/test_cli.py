@@ -69,7 +69,10 @@ def test_gated_item_without_token_fails_before_any_request(cli, write_config):
     result = cli(str(config), "--dry-run", "--offline")
     assert result.code == 1
     # The page of the Hub in use (HF_ENDPOINT; the tests' closed port here).
-    assert "bfl/FLUX.1-dev is gated: accept its terms at http://127.0.0.1:9/bfl/FLUX.1-dev and set HF_TOKEN" in result.err
+    assert (
+        "bfl/FLUX.1-dev is gated: accept its terms at http://127.0.0.1:9/bfl/FLUX.1-dev and set HF_TOKEN"
+        in result.err
+    )
     assert "set HF_TOKEN" in result.err
 
 

@@ -211,3 +211,14 @@ def test_a_full_disk_says_what_to_do(cli, write_config, cdn, models, monkeypatch
     (row,) = json.loads(result.out)
     assert "is full: free some space or rent a bigger disk, then run again" in row["reason"]
     assert "()" not in row["reason"]
+
+
+def test_google_drive_under_load_is_retried(cli, write_config, drive, models):
+    drive.files["1RetryMeAbCdEfGh"] = DriveFile("upscaler.pth", DATA, "confirm")
+    drive.faults = [503, 429, 503]
+    result = run(
+        cli, write_config, '[models.esrgan]\nup = "https://drive.google.com/file/d/1RetryMeAbCdEfGh/view"\n'
+    )
+    assert result.code == 0, result.err
+    assert sha256((models / "ESRGAN" / "upscaler.pth").read_bytes()) == sha256(DATA)
+    assert drive.faults == []

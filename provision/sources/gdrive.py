@@ -19,6 +19,7 @@ from ..http import TIMEOUT, read_capped
 from ..links import DEFAULT_GDRIVE_ENDPOINT, endpoint
 from ..paths import safe_filename
 from ..plan import GDriveSpec, Item
+from ..retry import GaveUp, RetryPolicy, check_status, retrying
 from . import Context, SourceError
 from .url import filename_from_disposition
 
@@ -36,12 +37,30 @@ def download_url(file_id: str) -> str:
 
 
 def open_drive_file(
-    session: requests.Session, file_id: str, headers: dict[str, str] | None = None
+    session: requests.Session,
+    file_id: str,
+    headers: dict[str, str] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> requests.Response:
-    """A streaming response whose body is the file (it carries Content-Disposition)."""
+    """A streaming response whose body is the file (it carries Content-Disposition). Network
+    errors, 5xx and 429 are retried like any request (Drive answers them under load)."""
+    result: list[requests.Response] = []
+    try:
+        retrying(
+            retry or RetryPolicy.from_env(),
+            f"Google Drive file {file_id}",
+            lambda: result.append(_open_once(session, file_id, headers)),
+        )
+    except GaveUp as err:
+        raise DriveError(f"Google Drive file {file_id}: {err}") from None
+    return result[0]
+
+
+def _open_once(session: requests.Session, file_id: str, headers: dict[str, str] | None) -> requests.Response:
     url = download_url(file_id)
     for _attempt in range(2):  # the share URL, then at most one confirm form
         response = session.get(url, stream=True, timeout=TIMEOUT, headers=headers)
+        check_status(response)  # 5xx and 429: Retryable
         if response.status_code == 404:
             response.close()
             raise DriveError(f"Google Drive file {file_id} not found: check the link")
@@ -82,7 +101,7 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
     spec: GDriveSpec = item.spec  # type: ignore[assignment]
     file_id = spec.file_id
     try:
-        response = open_drive_file(ctx.session, file_id)
+        response = open_drive_file(ctx.session, file_id, retry=ctx.retry)
     except DriveError as err:
         raise SourceError(str(err)) from None
     with response:

@@ -34,8 +34,14 @@ class DriveFile:
 @dataclass
 class FakeDrive(FakeServer):
     files: dict[str, DriveFile] = field(default_factory=dict)
+    faults: list[int] = field(default_factory=list)  # statuses for the next requests (503, 429)
 
     def handle(self, h: Handler, path: str, query: dict) -> None:
+        with self.lock:
+            fault = self.faults.pop(0) if self.faults else None
+        if fault:
+            h.reply(fault, b"<html>try again later</html>", content_type="text/html")
+            return
         file = self.files.get(query.get("id", ""))
         if file is None:
             h.reply(404, b"<html>not found</html>", content_type="text/html")
