@@ -186,8 +186,8 @@ class Engine:
     def _transfer(self, download: Download, progress: Progress) -> int:
         try:
             return self._run(Transfer(self, download, progress, segmented=True))
-        except RangeIgnored:
-            log.warning(f"{download.dest.name}: the server stopped honouring Range; starting over")
+        except RangeIgnored as why:
+            log.warning(f"{download.dest.name}: {why or 'the server stopped honouring Range'}; starting over")
             return self._run(Transfer(self, download, progress, segmented=False))
 
     def _run(self, transfer: Transfer) -> int:
@@ -235,7 +235,7 @@ class Engine:
             return response
         response.close()
         if status == 416:
-            raise RangeIgnored()  # an empty file, or one shorter than our .part: start over
+            raise RangeIgnored("the server refused the range (416)")  # an empty or shorter file
         check_status(response)
         message = download.explain(status) if download.explain else None
         if message is None:

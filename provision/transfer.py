@@ -11,6 +11,7 @@ contiguous prefix (hashing.py); the connection cap is the engine's (slots.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -36,7 +37,8 @@ MIN_PIECE, MAX_PIECE = 4 * MiB, 64 * MiB
 
 
 class RangeIgnored(Exception):
-    """A server that answered 206 before now answers 200 (or 416): start over with one stream."""
+    """A server that answered 206 before now answers 200 (or 416): start over with one stream.
+    The message says why (ranges stopped working, or the file changed)."""
 
 
 class Transfer:
@@ -69,6 +71,9 @@ class Transfer:
             self._discard()
             return
         state = self.partfile.load(self.download.size)
+        if not state.done.covered():  # nothing to resume; its validator may be another file's
+            self._discard()
+            return
         self.total, self.validator, self.done = state.total, state.validator, state.done
 
     def _discard(self) -> None:
@@ -97,6 +102,12 @@ class Transfer:
             if self.total is not None and self.segmented:
                 self._fetch_pieces()
             self._finish()
+        except BaseException:
+            # A failed run keeps what it got: the next one resumes from the last byte written.
+            if self.partfile.path.exists():
+                with contextlib.suppress(OSError):
+                    self._save_state(force=True)
+            raise
         finally:
             self.stop.set()
             self._drop_prefetched()
@@ -140,7 +151,7 @@ class Transfer:
             end = start + self._piece_size(self.total or self.download.expected_size)
             end = min(end, gap_end) if gap_end is not None else end
             headers["Range"] = f"bytes={start}-{end - 1}"
-            if self.validator and start > 0:
+            if self.validator and self.done.covered():  # resuming: only onto the same file
                 headers["If-Range"] = self.validator
         self.engine.slots.acquire(self.priority)
         try:
@@ -285,7 +296,9 @@ class Transfer:
                 response = self.engine.open(self.download, headers)
                 if response.status_code != 206:
                     response.close()
-                    raise RangeIgnored()
+                    if "If-Range" in headers:  # a 200 to If-Range: the validator no longer matches
+                        raise RangeIgnored("the file changed on the server during the download (If-Range)")
+                    raise RangeIgnored("the server stopped honouring Range")
                 if content_range_total(response) != self.total:
                     response.close()
                     raise FetchError("the file changed on the server during the download; run again")

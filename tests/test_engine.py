@@ -137,8 +137,8 @@ def test_a_part_from_an_earlier_run_is_never_appended_to_when_range_is_ignored(e
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
 
 
-def test_if_range_restarts_when_the_file_changed_between_runs(engine, served, tmp_path):
-    served.fault("/m.safetensors", Fault(reset_at=2_000_000), *[Fault(status=503)] * 20)
+def test_if_range_restarts_when_the_file_changed_between_runs(engine, served, tmp_path, caplog):
+    served.fault("/m.safetensors", Fault(close_at=2_000_000), *[Fault(status=503)] * 20)
     with pytest.raises(FetchError):
         engine(retry=RetryPolicy(attempts=2, base=0.01), per_file=1).fetch(
             download(served, tmp_path, checksum=False)
@@ -146,8 +146,11 @@ def test_if_range_restarts_when_the_file_changed_between_runs(engine, served, tm
     served.faults.clear()
     new = blob(SIZE, seed=99)
     served.add("/m.safetensors", new)  # same size, new ETag
+    caplog.set_level(logging.WARNING, logger="provision")
     engine().fetch(download(served, tmp_path, data=new))
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(new)
+    assert "the file changed on the server since the partial download (If-Range)" in caplog.text
+    assert "Range; starting" not in caplog.text and "ignored Range" not in caplog.text
 
 
 def test_wrong_bytes_fail_with_both_hashes_and_never_take_the_final_name(engine, cdn, tmp_path):
