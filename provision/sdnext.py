@@ -2,6 +2,11 @@
 
 The runtime's provision service runs it after a successful provisioning run, so models that
 landed while SD.Next was starting (or already running) show up without a restart.
+
+SD.Next's rescan endpoints change between releases: at tag 2026-01-22 it has refresh-checkpoints,
+refresh-vae and refresh-loras (answering 200); refresh-unets came on 2026-03-22, and later tags
+answer 204. So the running SD.Next is asked which it has (its /openapi.json), those are called,
+any 2xx counts, and a folder with no endpoint is a note saying how its files become visible.
 """
 
 from __future__ import annotations
@@ -12,7 +17,15 @@ import time
 
 import requests
 
-RESCANS = ("refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-unets")
+# Each rescan endpoint SD.Next has had, and the model folders it covers.
+RESCANS = {
+    "refresh-checkpoints": "Stable-diffusion and Diffusers",
+    "refresh-vae": "VAE",
+    "refresh-loras": "Lora",
+    "refresh-unets": "UNET",
+}
+# Folders no release rescans through the API (text encoders are read when a model loads).
+NO_RESCAN = "Text-encoder"
 
 
 def wait_for_status(base: str, timeout: float, interval: float = 2.0) -> bool:
@@ -28,6 +41,22 @@ def wait_for_status(base: str, timeout: float, interval: float = 2.0) -> bool:
         time.sleep(interval)
 
 
+def available_rescans(base: str) -> set[str] | None:
+    """The rescan endpoints this SD.Next lists in /openapi.json; None when it lists nothing."""
+    try:
+        response = requests.get(f"{base}/openapi.json", timeout=60)
+        paths = response.json().get("paths", {}) if response.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError):
+        paths = None
+    if not isinstance(paths, dict):
+        return None
+    return {name for name in RESCANS if f"/sdapi/v1/{name}" in paths}
+
+
+def say(text: str) -> None:
+    print(f"sdnext-refresh: {text}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnext-refresh", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -37,20 +66,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     base = f"http://{args.host}:{args.port}"
-    print(f"sdnext-refresh: waiting for SD.Next at {base}/sdapi/v1/status", flush=True)
+    say(f"waiting for SD.Next at {base}/sdapi/v1/status")
     if not wait_for_status(base, args.timeout):
-        print(
-            f"sdnext-refresh: SD.Next did not answer within {args.timeout:.0f}s; rescan skipped", flush=True
-        )
+        say(f"SD.Next did not answer within {args.timeout:.0f}s; rescan skipped")
         return 1
+    available = available_rescans(base)
+    if available is None:
+        say("SD.Next lists no API (/openapi.json): trying every rescan it has had")
     failed = 0
-    for rescan in RESCANS:
+    for name, folders in RESCANS.items():
+        if available is not None and name not in available:
+            say(f"this SD.Next has no {name}: new {folders} files show after its UI's refresh or a restart")
+            continue
         try:
-            status = requests.post(f"{base}/sdapi/v1/{rescan}", timeout=300).status_code
+            status = requests.post(f"{base}/sdapi/v1/{name}", timeout=300).status_code
         except requests.RequestException as err:
-            status = type(err).__name__
-        print(f"sdnext-refresh: {rescan}: {status}", flush=True)
-        failed += status != 200
+            say(f"{name}: {type(err).__name__}")
+            failed += 1
+            continue
+        if available is None and status in (404, 405):
+            say(f"this SD.Next has no {name}: new {folders} files show after its UI's refresh or a restart")
+        elif 200 <= status < 300:
+            say(f"{name}: {status} ({folders} rescanned)")
+        else:
+            say(f"{name}: failed with HTTP {status}")
+            failed += 1
+    say(f"{NO_RESCAN} files need no rescan: SD.Next reads that folder when a model loads")
     return 1 if failed else 0
 
 

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME, ARGS = sys.argv[1], sys.argv[2:]
 RECORDS = os.environ["STANDIN_RECORDS"]
+# The rescan routes SD.Next has at the pinned tag 2026-01-22 (refresh-unets came 2026-03-22).
+SDNEXT_RESCANS = ("/sdapi/v1/refresh-checkpoints", "/sdapi/v1/refresh-vae", "/sdapi/v1/refresh-loras")
 WS_MAGIC = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -67,6 +69,10 @@ class Handler(BaseHTTPRequestHandler):
         if NAME == "sdnext-launch" and self.path == "/sdapi/v1/status":
             self._reply(200, b'{"status": "idle"}', "application/json")
             return
+        if NAME == "sdnext-launch" and self.path == "/openapi.json":
+            paths = {path: {"post": {}} for path in SDNEXT_RESCANS} | {"/sdapi/v1/status": {"get": {}}}
+            self._reply(200, json.dumps({"openapi": "3.1.0", "paths": paths}).encode(), "application/json")
+            return
         headers = {k.lower(): v for k, v in self.headers.items()}
         self._reply(
             200,
@@ -78,6 +84,9 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         if NAME == "sdnext-launch" and self.path.startswith("/sdapi/v1/refresh-"):
+            if self.path not in SDNEXT_RESCANS:  # as the pinned tag: no such route
+                self._reply(404, b'{"detail": "Not Found"}', "application/json")
+                return
             record("refresh", {"path": self.path})
         self._reply(200, b"{}", "application/json")
 
