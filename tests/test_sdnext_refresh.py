@@ -1,0 +1,82 @@
+"""sdnext-refresh against SD.Next as its releases answer: the pinned tag (three rescans, 200),
+a later tag (refresh-unets too, 204), and one that lists no API."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from provision.sdnext import main
+
+from .fakes.server import FakeServer
+
+PINNED = ("refresh-checkpoints", "refresh-vae", "refresh-loras")
+LATER = (*PINNED, "refresh-unets")
+
+
+@dataclass
+class FakeSDNext(FakeServer):
+    rescans: tuple[str, ...] = PINNED
+    answer: int = 200
+    openapi: bool = True
+    failing: set[str] = field(default_factory=set)
+
+    def handle(self, h, path, query):
+        name = path.rsplit("/", 1)[-1]
+        if path == "/sdapi/v1/status":
+            h.reply(200, b'{"status": "idle"}', content_type="application/json")
+        elif path == "/openapi.json" and self.openapi:
+            paths = {f"/sdapi/v1/{n}": {"post": {}} for n in self.rescans}
+            h.reply(200, json.dumps({"paths": paths}).encode(), content_type="application/json")
+        elif h.command == "POST" and name in self.rescans:
+            h.reply(500 if name in self.failing else self.answer, b"")
+        else:
+            h.reply(404, b'{"detail": "Not Found"}', content_type="application/json")
+
+
+@pytest.fixture
+def sdnext():
+    server = FakeSDNext().start()
+    yield server
+    server.stop()
+
+
+def refresh(server, capsys) -> tuple[int, str]:
+    code = main(["--port", server.url.rsplit(":", 1)[1], "--timeout", "5"])
+    return code, capsys.readouterr().out
+
+
+def posted(server) -> list[str]:
+    return sorted(r.path.rsplit("/", 1)[-1] for r in server.requests if r.method == "POST")
+
+
+def test_the_pinned_tag_gets_its_three_rescans_and_a_note_for_unet(sdnext, capsys):
+    code, out = refresh(sdnext, capsys)
+    assert code == 0, out
+    assert posted(sdnext) == sorted(PINNED)
+    assert "this SD.Next has no refresh-unets: new UNET files show after its UI's refresh or a restart" in out
+
+
+def test_a_later_tag_answering_204_is_a_success(sdnext, capsys):
+    sdnext.rescans, sdnext.answer = LATER, 204
+    code, out = refresh(sdnext, capsys)
+    assert code == 0, out
+    assert posted(sdnext) == sorted(LATER)
+    assert "refresh-unets: 204 (UNET rescanned)" in out
+
+
+def test_without_openapi_every_rescan_is_tried_and_404_is_a_note(sdnext, capsys):
+    sdnext.openapi = False
+    code, out = refresh(sdnext, capsys)
+    assert code == 0, out
+    assert posted(sdnext) == sorted(LATER)
+    assert "lists no API (/openapi.json)" in out and "this SD.Next has no refresh-unets" in out
+
+
+def test_a_rescan_that_fails_is_a_failure(sdnext, capsys):
+    sdnext.failing = {"refresh-vae"}
+    code, out = refresh(sdnext, capsys)
+    assert code == 1
+    assert "refresh-vae: failed with HTTP 500" in out
