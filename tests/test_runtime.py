@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -71,20 +72,61 @@ def test_every_port_asks_for_a_login_and_accepts_each_kind(start):
         assert get(runtime, service, headers={"Authorization": "Bearer not-the-token"}).status_code == 401
 
 
-def test_open_button_token_sets_a_cookie_and_redirects_without_it(start):
+def open_button(runtime, path: str = "/app?tab=txt2img", **kw) -> requests.Response:
+    separator = "&" if "?" in path else "?"
+    return get(runtime, "sdnext", f"{path}{separator}token={TOKEN}", **kw)
+
+
+def session_cookie(response: requests.Response) -> tuple[str, str]:
+    name, _, value = response.headers["Set-Cookie"].split(";", 1)[0].partition("=")
+    return name, value
+
+
+def test_open_button_sets_a_session_cookie_that_is_not_the_token(start):
     runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
-    session = requests.Session()
-    first = session.get(runtime.url("sdnext", f"/app?tab=txt2img&token={TOKEN}"), allow_redirects=False)
+    first = open_button(runtime)
     assert first.status_code == 302
     assert first.headers["Location"] == "/app?tab=txt2img"
     cookie = first.headers["Set-Cookie"]
-    assert cookie.startswith(f"gateway_token={TOKEN};") and "HttpOnly" in cookie
-    follow = session.get(runtime.url("sdnext", first.headers["Location"]), allow_redirects=False)
+    name, value = session_cookie(first)
+    assert re.fullmatch(r"gateway_[0-9a-f]{12}", name) and len(value) >= 40
+    assert TOKEN not in cookie and PASSWORD not in cookie
+    for attribute in ("Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=259200"):
+        assert attribute in cookie
+    assert "Secure" not in cookie  # plain HTTP here; see the TLS case below
+    follow = get(runtime, "sdnext", "/app?tab=txt2img", cookies={name: value, "app_pref": "dark"})
     assert follow.status_code == 200 and follow.json()["path"] == "/app?tab=txt2img"
-    # the cookie (shared by every port of the host) opens the other ports too
-    assert session.get(runtime.url("logdy"), allow_redirects=False).status_code == 200
+    # The app behind gets its own cookies, never the gateway's.
+    seen = follow.json()["headers"]
+    assert "app_pref=dark" in seen["cookie"] and name not in seen["cookie"] and value not in json.dumps(seen)
+    assert get(runtime, "logdy", cookies={name: value}).status_code == 200  # every port of the host
     assert get(runtime, "sdnext", "/?token=wrong").status_code == 401
-    assert get(runtime, "sdnext", cookies={"gateway_token": "wrong"}).status_code == 401
+    assert get(runtime, "sdnext", cookies={name: "wrong"}).status_code == 401
+    assert get(runtime, "sdnext", cookies={f"x{name}": value}).status_code == 401  # exact name only
+    assert get(runtime, "sdnext", cookies={"gateway_token": TOKEN}).status_code == 401  # the old scheme
+    assert "Secure" in open_button(runtime, headers={"X-Forwarded-Proto": "https"}).headers["Set-Cookie"]
+    # The redirect stays on this host, whatever the path looks like.
+    assert open_button(runtime, "//evil.example/x").headers["Location"] == "/evil.example/x"
+
+
+def test_each_instance_and_each_boot_has_its_own_session_cookie(start):
+    one = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN, CONTAINER_ID="c0ffee01")
+    two = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN, CONTAINER_ID="c0ffee02")
+    name_one, value_one = session_cookie(open_button(one))
+    name_two, value_two = session_cookie(open_button(two))
+    assert name_one != name_two and value_one != value_two
+    assert get(two, "sdnext", cookies={name_one: value_one}).status_code == 401
+    # The same container booted again (new login settings) revokes the cookies it gave out.
+    again = start(PASSWORD=PASSWORD + "-changed", OPEN_BUTTON_TOKEN=TOKEN, CONTAINER_ID="c0ffee01")
+    assert session_cookie(open_button(again))[0] == name_one
+    assert get(again, "sdnext", cookies={name_one: value_one}).status_code == 401
+
+
+def test_the_apps_never_see_the_login(start):
+    runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
+    for kw in ({"auth": ("admin", PASSWORD)}, {"headers": {"Authorization": f"Bearer {TOKEN}"}}):
+        seen = get(runtime, "filebrowser", "/", **kw).json()["headers"]
+        assert "authorization" not in seen, kw
 
 
 def websocket_upgrade(runtime, headers: dict[str, str]) -> bytes:
@@ -111,7 +153,8 @@ def test_terminal_websocket_only_when_authenticated(start):
     refused = websocket_upgrade(runtime, {})
     assert refused.startswith(b"HTTP/1.1 401")
     basic = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
-    for headers in ({"Authorization": f"Basic {basic}"}, {"Cookie": f"gateway_token={TOKEN}"}):
+    name, value = session_cookie(open_button(runtime))
+    for headers in ({"Authorization": f"Basic {basic}"}, {"Cookie": f"{name}={value}"}):
         upgraded = websocket_upgrade(runtime, headers)
         assert upgraded.startswith(b"HTTP/1.1 101"), upgraded[:200]
         assert b"ttyd!" in upgraded  # the frame came from the terminal behind the gateway
