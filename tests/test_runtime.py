@@ -409,6 +409,15 @@ def test_sigterm_stops_everything_within_10_seconds_with_logs_flushed(start):
     assert "shutting down" in log_text(runtime, "gateway")  # Caddy's last words reached the disk
 
 
+def test_a_service_deaf_to_sigterm_is_killed_and_the_stop_stays_within_10_seconds(start):
+    runtime = start(PASSWORD=PASSWORD, STANDIN_IGNORE_SIGTERM="filebrowser,ttyd")
+    get(runtime, "filebrowser", "/last-request-before-stop", auth=("admin", PASSWORD))
+    seconds = runtime.stop()
+    assert seconds < 10, f"stop took {seconds:.1f} s"
+    assert runtime.tree_pids() == []
+    assert "GET /last-request-before-stop" in log_text(runtime, "filebrowser")  # its log reached the disk
+
+
 def test_logs_go_to_the_workspace_and_to_the_console(start):
     runtime = start(PASSWORD=PASSWORD)
     get(runtime, "logdy", "/marker-1234", auth=("admin", PASSWORD))

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from .runtime_harness import free_port, listening
 
 LAUNCHER = Path(__file__).resolve().parent.parent / "nix" / "sdnext" / "sdnext_launch.py"
 spec = importlib.util.spec_from_file_location("sdnext_launch", LAUNCHER)
@@ -143,3 +148,52 @@ def test_a_missing_source_folder_is_a_clear_error(tmp_path):
         [sys.executable, str(LAUNCHER)], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0 and "set SDNEXT_SRC" in result.stderr
+
+
+def test_sigterm_stops_sdnext_even_behind_a_launcher_that_does_not_forward_it(tmp_path):
+    # Like `accelerate launch`: it starts launch.py as a child and, on SIGTERM, exits without
+    # passing the signal on. SD.Next (here a server on a port) must stop all the same.
+    fake = tmp_path / "fake-site" / "accelerate" / "commands"
+    fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "launch.py").write_text(
+        "import signal, subprocess, sys\n"
+        "args = [a for a in sys.argv[1:] if not a.startswith('--num_cpu_threads')]\n"
+        "child = subprocess.Popen([sys.executable, *args])\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # exits, the child stays\n"
+        "child.wait()\n"
+    )
+    source = tmp_path / "src"
+    source.mkdir()
+    pid_file = tmp_path / "sdnext.pid"
+    (source / "launch.py").write_text(
+        "import os, socket, sys, time\n"
+        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
+        "server = socket.create_server(('127.0.0.1', port))\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "while True:\n    time.sleep(1)\n"
+    )
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "WORKSPACE": str(tmp_path / "ws"),
+        "SDNEXT_SRC": str(source),
+        "PYTHONPATH": str(tmp_path / "fake-site"),
+    }
+    launcher = subprocess.Popen([sys.executable, str(LAUNCHER), "--port", str(port)], env=env)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        assert launcher.poll() is None
+        time.sleep(0.05)
+    sdnext_pid = int(pid_file.read_text())
+    assert listening(port) == {"127.0.0.1"}
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{sdnext_pid}") and time.monotonic() < deadline:
+        with open(f"/proc/{sdnext_pid}/stat") as stat:
+            if stat.read().split(") ")[1].startswith("Z"):  # a zombie no longer holds the port
+                break
+        time.sleep(0.05)
+    assert listening(port) == set(), "SD.Next outlived its launcher"

@@ -19,17 +19,22 @@ when accelerate is installed), SDNEXT_INTERNAL_PORT (the port when --port is not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 18010
 MAX_CPU_THREADS = 6
+STOP_GRACE = 6.0  # seconds SD.Next gets after SIGTERM; under the sdnext service's timeout-kill
 
 
 @dataclass
@@ -130,7 +135,42 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"sdnext-launch: {shlex.join(shown)}" + (f" (+{extra} from SDNEXT_ARGS)" if extra else ""), flush=True
     )
-    os.execve(launch.argv[0], launch.argv, launch.env)
+    sys.exit(run_as_group(launch))
+
+
+def run_as_group(launch: Launch, grace: float = STOP_GRACE) -> int:
+    """Run SD.Next in a process group of its own and pass every stop signal to the whole group.
+
+    `accelerate launch` starts launch.py as a child and does not forward SIGTERM: with a plain
+    exec, s6 would stop the launcher and SD.Next would keep its port. So this process stays the
+    parent: SIGTERM, SIGINT or SIGHUP go to the group; whatever is still running `grace` seconds
+    later gets SIGKILL (before s6's own timeout-kill); the exit code is the launcher's."""
+    child = subprocess.Popen(launch.argv, env=launch.env, start_new_session=True)
+    stopping: list[int] = []
+
+    def forward(signum, _frame):
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = child.wait()
+    if stopping:
+        deadline = time.monotonic() + grace
+        while _group_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    return code if code >= 0 else 128 - code
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +94,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     record("start", {"argv": ARGS, "env": dict(os.environ), "cwd": os.getcwd()})
+    if NAME in os.environ.get("STANDIN_IGNORE_SIGTERM", "").split(","):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a program that will not stop when asked
     if NAME == "filebrowser" and ARGS[:2] == ["config", "set"]:
         return  # `filebrowser config set ...` before the server starts
     if NAME == "sdnext-launch":
