@@ -311,6 +311,20 @@ def test_bad_username_stops_init_with_a_clear_error(tmp_path):
     assert "USERNAME may only hold letters" in runtime.console
 
 
+def test_duplicate_or_taken_ports_stop_init_naming_the_variable(tmp_path):
+    duplicate = make_runtime(tmp_path / "dup", {"PASSWORD": PASSWORD})
+    duplicate.env["TTYD_PORT"] = duplicate.env["LOGDY_PORT"]
+    duplicate.start()
+    assert duplicate.process.wait(timeout=20) != 0
+    assert f"LOGDY_PORT and TTYD_PORT are both {duplicate.env['LOGDY_PORT']}" in duplicate.console
+    taken = make_runtime(tmp_path / "taken", {"PASSWORD": PASSWORD})
+    with socket.create_server(("127.0.0.1", int(taken.env["FILEBROWSER_PORT"]))):
+        taken.start()
+        assert taken.process.wait(timeout=20) != 0
+    assert f"FILEBROWSER_PORT={taken.env['FILEBROWSER_PORT']} is already in use on this host" in taken.console
+    assert not (taken.root / "run" / "service").exists()  # nothing was started
+
+
 def test_no_secret_in_process_arguments_or_logs(start, cdn, write_config):
     cdn.add("/m.safetensors", blob(10_000, seed=1))
     config = write_config(f'[models.lora]\nm = "{cdn.url}/m.safetensors?token=urlsecret9999"\n')
@@ -416,6 +430,26 @@ def test_a_service_deaf_to_sigterm_is_killed_and_the_stop_stays_within_10_second
     assert seconds < 10, f"stop took {seconds:.1f} s"
     assert runtime.tree_pids() == []
     assert "GET /last-request-before-stop" in log_text(runtime, "filebrowser")  # its log reached the disk
+
+
+def caddy_pid(runtime) -> int | None:
+    for pid in runtime.tree_pids():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"caddy\0run"):
+                return pid
+    return None
+
+
+def test_a_gateway_that_keeps_dying_stops_the_container_with_a_reason(start):
+    runtime = start(PASSWORD=PASSWORD)
+    for _ in range(5):
+        wait_for(lambda: caddy_pid(runtime) is not None, 30)
+        os.kill(caddy_pid(runtime), signal.SIGKILL)
+        wait_for(lambda: caddy_pid(runtime) is None or runtime.process.poll() is not None, 30)
+    assert runtime.process.wait(timeout=30) == 1
+    assert "gateway failed 5 times within a minute" in runtime.console
+    assert "init: stopped: gateway failed 5 times" in runtime.console
+    wait_for(lambda: runtime.tree_pids() == [], 10)
 
 
 def test_logs_go_to_the_workspace_and_to_the_console(start):
