@@ -174,6 +174,7 @@ def test_each_service_was_started_with_the_flags_it_needs(start):
     sdnext = runtime.starts("sdnext-launch")[-1]
     assert sdnext["argv"] == ["--host", "127.0.0.1", "--port", str(internal["sdnext"])]
     assert sdnext["env"]["HF_TOKEN"] == HF_TOKEN  # gated diffusers models need it
+    assert "CIVITAI_TOKEN" not in sdnext["env"]  # SD.Next does not use it
 
     server = [s for s in runtime.starts("filebrowser") if s["argv"][:1] != ["config"]][-1]
     assert server["argv"] == [
@@ -450,6 +451,13 @@ def test_a_gateway_that_keeps_dying_stops_the_container_with_a_reason(start):
     assert "gateway failed 5 times within a minute" in runtime.console
     assert "init: stopped: gateway failed 5 times" in runtime.console
     wait_for(lambda: runtime.tree_pids() == [], 10)
+
+
+def test_the_gateway_log_has_no_colour_codes(start):
+    runtime = start(PASSWORD=PASSWORD)
+    get(runtime, "sdnext")
+    wait_for(lambda: "serving initial configuration" in log_text(runtime, "gateway"), 30)
+    assert "\x1b[" not in log_text(runtime, "gateway")
 
 
 def test_logs_go_to_the_workspace_and_to_the_console(start):
