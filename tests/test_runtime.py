@@ -453,6 +453,20 @@ def test_a_gateway_that_keeps_dying_stops_the_container_with_a_reason(start):
     wait_for(lambda: runtime.tree_pids() == [], 10)
 
 
+def test_refused_logins_are_logged_without_secrets_and_granted_ones_are_not(start):
+    runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
+    get(runtime, "ttyd", "/refused-basic", auth=("admin", "a-wrong-password-1234"))
+    get(runtime, "ttyd", f"/refused-token?token=wrong-{TOKEN}")
+    get(runtime, "ttyd", "/granted", auth=("admin", PASSWORD))
+    wait_for(lambda: "/refused-token" in log_text(runtime, "gateway"), 30)
+    log = log_text(runtime, "gateway")
+    refused = [line for line in log.splitlines() if "/refused-basic" in line]
+    assert len(refused) == 1 and '"status": 401' in refused[0] and '"remote_port"' in refused[0]
+    assert '"Authorization": ["REDACTED"]' in refused[0]
+    assert "a-wrong-password-1234" not in log and TOKEN not in log and PASSWORD not in log
+    assert "/granted" not in log
+
+
 def test_the_gateway_log_has_no_colour_codes(start):
     runtime = start(PASSWORD=PASSWORD)
     get(runtime, "sdnext")
