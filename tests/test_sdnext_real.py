@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .runtime_harness import free_port
+from .runtime_harness import free_port, listening
 
 LAUNCHER = Path(__file__).resolve().parent.parent / "nix" / "sdnext" / "sdnext_launch.py"
 pytestmark = pytest.mark.sdnext_real
@@ -98,12 +98,19 @@ def test_sdnext_starts_on_cpu_with_nothing_installed_and_nothing_written(tmp_pat
         assert status == 200, f"no 200 from /sdapi/v1/status after {startup:.0f}s:\n{output[-5000:]}"
         print(f"\nSD.Next answered /sdapi/v1/status 200 after {startup:.1f}s")
     finally:
-        process.send_signal(signal.SIGTERM)
+        tree = [*descendants(process.pid), process.pid]
+        process.send_signal(signal.SIGTERM)  # as s6 stops the service: the launcher only
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+    # Not just the launcher: SD.Next itself (behind accelerate) is gone and its port is free.
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in tree if os.path.exists(f"/proc/{pid}")] == [], "SD.Next outlived its launcher"
+    assert listening(port) == set()
     installs = [
         c
         for c in seen_commands
