@@ -467,6 +467,25 @@ def test_refused_logins_are_logged_without_secrets_and_granted_ones_are_not(star
     assert "/granted" not in log
 
 
+def test_started_from_a_shell_in_the_background_and_stopped_as_documented(tmp_path):
+    # Vast's SSH and Jupyter launch modes: no entrypoint, an on-start script in a shell.
+    runtime = make_runtime(tmp_path / "c", {"PASSWORD": PASSWORD})
+    started = subprocess.run(
+        ["bash", "-c", "sdnext-services start"], env=runtime.env, capture_output=True, text=True, timeout=30
+    )
+    assert started.returncode == 0, started.stderr
+    assert "stop with: sdnext-services stop" in started.stdout
+    wait_for(lambda: listening(runtime.ports["sdnext"]) and listening(runtime.internal["sdnext"]), 30)
+    assert get(runtime, "sdnext").status_code == 401
+    assert get(runtime, "sdnext", auth=("admin", PASSWORD)).status_code == 200
+    stopped = subprocess.run(
+        ["bash", "-c", "sdnext-services stop"], env=runtime.env, capture_output=True, text=True, timeout=30
+    )
+    assert stopped.returncode == 0 and "sdnext-services: stopped" in stopped.stdout, stopped.stderr
+    wait_for(lambda: runtime.tree_pids() == [], 15)
+    assert "init: workspace" in (runtime.workspace / "logs" / "init.log").read_text()
+
+
 def test_the_gateway_log_has_no_colour_codes(start):
     runtime = start(PASSWORD=PASSWORD)
     get(runtime, "sdnext")
