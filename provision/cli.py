@@ -22,6 +22,30 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("provision")
 
 
+EPILOG = """\
+examples:
+  provision models.toml --dry-run --offline    lint: no network, nothing written
+  PROVISION_URL=https://example.com/m.toml provision --jobs 3
+
+environment:
+  HF_TOKEN, CIVITAI_TOKEN   tokens, sent only to their own service, never logged
+  WORKSPACE                 the workspace (default /workspace)
+  PROVISION_URL             the config, when none is given
+  HF_ENDPOINT, CIVITAI_ENDPOINT, GDRIVE_ENDPOINT
+                            other base URLs (mirrors, tests)
+  HTTPS_PROXY, HTTP_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, SSL_CERT_FILE
+                            proxies and CA bundles, as curl and pip read them
+  PROVISION_RETRY_BASE      seconds before the first retry (1)
+  PROVISION_RETRY_ATTEMPTS  tries per request (8)
+  PROVISION_READ_TIMEOUT    seconds without a byte: a stalled connection (30)
+  PROVISION_PROGRESS_INTERVAL  seconds between progress lines in a log (15)
+  PROVISION_CONFIG_DEADLINE seconds a remote config may take in all (60)
+
+exit codes: 0 all ok, 1 some item failed (or the workspace is busy with
+--no-wait), 2 bad config or command line, 130/143 interrupted (the same
+command resumes)."""
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -36,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="provision",
         description="Download the models listed in a TOML file into the folders SD.Next reads.",
-        epilog="Exit codes: 0 all items ok, 1 some items failed, 2 bad config or command line.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "config",

@@ -373,9 +373,21 @@ def _positive_int(entry, key, where, report) -> int | None:
     return value
 
 
+class LintEnvironment(dict):
+    """The environment for an offline lint (`--dry-run --offline`): a variable the config
+    references but that is not set is a warning (the real run needs it), not an error."""
+
+    def __init__(self, env: Mapping[str, str]):
+        super().__init__(env)
+        self.warnings: list[str] = []
+
+
 def _expand_env(value: str, where: str, env: Mapping[str, str], report) -> str:
     def substitute(match: re.Match[str]) -> str:
         name = match[1]
+        if name not in env and isinstance(env, LintEnvironment):
+            env.warnings.append(f"{where}: references ${{{name}}}, which is not set: a real run needs it")
+            return ""
         if name not in env:
             report(f"{where}: references ${{{name}}}, which is not set in the environment")
             return ""

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from . import paths
-from .config import load_plan
+from .config import LintEnvironment, load_plan
 from .configsource import read_config
 from .http import TIMEOUT
 from .plan import HuggingFaceSpec, Item, Plan
@@ -85,7 +85,11 @@ class Provisioner:
         """Read and validate the config; raises ConfigError listing every problem."""
         text, origin = read_config(str(config), offline=self.offline)
         log.debug(f"config read from {origin}")
-        plan = load_plan(text, models_root=self.models_root, origin=origin)
+        # An offline lint checks the config, not this machine's secrets: a missing variable warns.
+        env = LintEnvironment(os.environ) if self.dry_run and self.offline else None
+        plan = load_plan(text, models_root=self.models_root, origin=origin, env=env)
+        if env is not None:
+            plan.warnings.extend(env.warnings)
         for warning in plan.warnings:
             log.warning(f"warning: {warning}")
         return plan
@@ -96,7 +100,12 @@ class Provisioner:
         runnable: list[Item] = []
         for item in plan.items:
             problem = preflight(item)
-            if problem:
+            if problem and self.dry_run and self.offline:
+                # The lint passes a correct config; the token is this machine's business.
+                log.warning(f"warning: {item.table}: {problem} (a real run fails this item until then)")
+                report.warnings.append(f"{item.table}: {problem}")
+                runnable.append(item)
+            elif problem:
                 report.results.append(ItemResult.for_item(item, FAILED, reason=problem))
             else:
                 runnable.append(item)

@@ -11,7 +11,7 @@ from requests.adapters import HTTPAdapter
 
 from . import __version__
 
-USER_AGENT = f"sdnext-provision/{__version__} (+https://github.com/; python-requests)"
+USER_AGENT = f"sdnext-provision/{__version__} (python-requests)"  # a tool's own, not a browser's
 # (connect, read): a stalled server is noticed after `read` seconds without a byte.
 TIMEOUT = (10, 30)
 MAX_REDIRECTS = 10

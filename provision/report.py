@@ -83,7 +83,8 @@ class Report:
     def summary(self) -> str:
         counts = {s: sum(r.status == s for r in self.results) for s in (PLANNED, OK, SKIPPED, FAILED)}
         parts = [f"{n} {s}" for s, n in counts.items() if n]
-        text = f"{len(self.results)} items: " + (", ".join(parts) or "nothing to do")
+        count = len(self.results)
+        text = f"{count} item{'' if count == 1 else 's'}: " + (", ".join(parts) or "nothing to do")
         if self.total_size:
             text += f"; total {human_size(self.total_size)}"
         if self.free_bytes is not None:
