@@ -36,6 +36,7 @@ let
     ps.gdown
     ps.pytest
     ps.pyelftools # reads the ELF files of a test wheel like nix/sdnext/wheel_manifest.py
+    ps.pyte # renders provision's terminal output in tests/test_terminal.py
   ]);
 in
 {

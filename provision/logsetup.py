@@ -6,9 +6,22 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .secrets import RedactingFilter
 
 LOGGER_NAME = "provision"
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Console lines go through tqdm.write: with progress bars on the terminal it clears them,
+    prints the whole line and draws them again, so no line is torn by a bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # as logging.StreamHandler does: never let logging raise
+            self.handleError(record)
 
 
 def setup_logging(log_file: Path | None, *, verbosity: int = 0) -> str | None:
@@ -22,7 +35,7 @@ def setup_logging(log_file: Path | None, *, verbosity: int = 0) -> str | None:
     logger.propagate = False
     redacting = RedactingFilter()
 
-    console = logging.StreamHandler(sys.stderr)
+    console = _ConsoleHandler(sys.stderr)
     console.setLevel({-1: logging.ERROR, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(redacting)

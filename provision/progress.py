@@ -67,19 +67,23 @@ class LogProgress(_Totals):
         self.thread.join()
 
 
+# Sizes in KiB, MiB, GiB everywhere (tqdm's own labels would say MB for mebibytes).
+_BYTES = {
+    "unit": "iB",
+    "unit_scale": True,
+    "unit_divisor": 1024,
+    "bar_format": "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}{unit}/{total_fmt}{unit} [{rate_fmt}]",
+}
+SMALL_FILE = 1024 * 1024  # no bar of its own below this: it would only flicker
+
+
 class TqdmProgress(_Totals):
+    """One bar per file under way and a total, all gone when the run ends (the summary line and
+    the log say what happened); nothing at all when there was nothing to download."""
+
     def __init__(self, expected_total: int):
         super().__init__(expected_total)
-        self.total_bar = tqdm(
-            total=expected_total or None,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc="total",
-            position=0,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
+        self.total_bar: tqdm | None = None
         self.bars: dict[int, tqdm] = {}
         self.free_positions: list[int] = []
         self.next_position = 1
@@ -87,20 +91,30 @@ class TqdmProgress(_Totals):
     def file_started(self, download: Download, total: int | None, have: int) -> None:
         super().file_started(download, total, have)
         with self.lock:
+            if self.total_bar is None:
+                self.total_bar = tqdm(
+                    total=self.expected_total or None,
+                    desc="total",
+                    position=0,
+                    leave=False,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    **_BYTES,
+                )
+            if total is not None and total < SMALL_FILE:
+                return
             position = self.free_positions.pop(0) if self.free_positions else self.next_position
             if position == self.next_position:
                 self.next_position += 1
             self.bars[id(download)] = tqdm(
                 total=total,
                 initial=have,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=download.dest.name[:40],
+                desc=download.dest.name[:30],
                 position=position,
                 leave=False,
                 file=sys.stderr,
                 dynamic_ncols=True,
+                **_BYTES,
             )
 
     def advance(self, download: Download, n: int) -> None:
@@ -109,7 +123,8 @@ class TqdmProgress(_Totals):
             bar = self.bars.get(id(download))
             if bar is not None:
                 bar.update(n)
-            self.total_bar.update(n)
+            if self.total_bar is not None:
+                self.total_bar.update(n)
 
     def file_finished(self, download: Download) -> None:
         super().file_finished(download)
@@ -120,7 +135,12 @@ class TqdmProgress(_Totals):
                 bar.close()
 
     def close(self) -> None:
-        self.total_bar.close()
+        with self.lock:
+            for bar in self.bars.values():
+                bar.close()
+            self.bars.clear()
+            if self.total_bar is not None:
+                self.total_bar.close()
 
 
 def make_progress(enabled: bool | None, expected_total: int) -> _Totals:

@@ -179,10 +179,11 @@ def _fetch_all(
             if first:
                 entry.started = time.monotonic()
         if first:
+            # Relative to the models folder: the line fits a terminal, the folder is SD.Next's.
             target = (
-                download.dest
+                _shown(download.dest, settings.workspace)
                 if len(entry.downloads) == 1
-                else f"{entry.item.dest}/ ({len(entry.downloads)} files)"
+                else f"{_shown(entry.item.dest, settings.workspace)}/ ({len(entry.downloads)} files)"
             )
             log.info(f"start {entry.item.table} -> {target}")
         error = None
@@ -235,6 +236,14 @@ def _run_all(workers: int, function, inputs: list) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+
+
+def _shown(path: Path, workspace: Path) -> str:
+    """A destination as the log shows it: relative to the models folder when inside it."""
+    try:
+        return str(path.relative_to(paths.models_root(workspace)))
+    except ValueError:
+        return str(path)
 
 
 def _log_end(entry: _Work) -> None:
