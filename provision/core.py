@@ -15,7 +15,9 @@ from . import paths
 from .config import LintEnvironment, load_plan
 from .configsource import read_config
 from .http import TIMEOUT
+from .ondisk import offline_state
 from .plan import HuggingFaceSpec, Item, Plan
+from .records import ItemRecords, VerifiedRecords
 from .report import FAILED, PLANNED, ItemResult, Report
 from .retry import RetryPolicy
 from .secrets import register_env_secrets
@@ -110,7 +112,15 @@ class Provisioner:
             else:
                 runnable.append(item)
         if self.dry_run and self.offline:
-            report.results.extend(ItemResult.for_item(i, PLANNED, detail=i.detail) for i in runnable)
+            state = paths.state_dir(self.workspace)
+            done_before = ItemRecords(state / "items.json", VerifiedRecords(state / "verified.json"))
+            for item in runnable:
+                on_disk = offline_state(item.identity, item.dest, done_before)
+                report.results.append(
+                    ItemResult.for_item(
+                        item, PLANNED, detail=item.detail, on_disk=on_disk.label(None), have=on_disk.have
+                    )
+                )
         else:
             from .run import RunSettings, execute  # the network half: sources and the engine
 

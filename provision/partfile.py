@@ -54,6 +54,24 @@ class PartFile:
             self.discard()
             return PartState()
 
+    def peek(self) -> PartState | None:
+        """The saved state when it is this file's, read only (a dry-run must change nothing)."""
+        try:
+            saved = json.loads(self.state_path.read_text())
+            if saved.get("identity") != self.identity or not self.path.exists():
+                return None
+            return PartState(saved["total"], saved.get("validator"), Ranges(saved["done"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def peek_any(self) -> tuple[int, int] | None:
+        """(bytes on disk, total) of whatever partial download sits here, whichever file it is."""
+        try:
+            saved = json.loads(self.state_path.read_text())
+            return Ranges(saved["done"]).covered(), int(saved["total"] or 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def discard(self) -> None:
         for path in (self.path, self.state_path):
             with contextlib.suppress(FileNotFoundError):

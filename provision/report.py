@@ -25,6 +25,8 @@ class ItemResult:
     reason: str | None = None  # why it failed, or what a dry-run found worth saying
     detail: str | None = None  # e.g. which CivitAI key gave the id
     files: int | None = None  # whole repositories: how many files
+    on_disk: str | None = None  # dry-run: in place, partial N%, missing, will replace, to check
+    have: int = 0  # dry-run: bytes of it already on disk
 
     @classmethod
     def for_item(cls, item: Item, status: str, dest: Path | None = None, **extra) -> ItemResult:
@@ -65,9 +67,16 @@ class Report:
             rows.append(row)
         return json.dumps(rows, indent=2)
 
+    @property
+    def to_download(self) -> int:
+        return sum(max(0, (r.size or 0) - r.have) for r in self.results if r.status == PLANNED)
+
     def table(self) -> str:
-        headers = ("STATUS", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION")
-        rows = [(r.status, r.category, r.name, r.source, human_size(r.size), r.dest) for r in self.results]
+        headers = ("STATUS", "ON DISK", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION")
+        rows = [
+            (r.status, r.on_disk or "", r.category, r.name, r.source, human_size(r.size), r.dest)
+            for r in self.results
+        ]
         widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
         lines = [
             "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
@@ -85,6 +94,18 @@ class Report:
         parts = [f"{n} {s}" for s, n in counts.items() if n]
         count = len(self.results)
         text = f"{count} item{'' if count == 1 else 's'}: " + (", ".join(parts) or "nothing to do")
+        if self.dry_run and any(r.on_disk for r in self.results):
+            places = [r.on_disk.split(" ")[0] for r in self.results if r.on_disk]
+            kinds = ("in", "partial", "missing", "will", "to")
+            names = {"in": "in place", "will": "to replace", "to": "to check"}
+            found = [f"{places.count(k)} {names.get(k, k)}" for k in kinds if places.count(k)]
+            text += f" ({', '.join(found)})"
+            if self.total_size:
+                text += f"; to download {human_size(self.to_download)} of {human_size(self.total_size)}"
+            if self.free_bytes is not None:
+                after = self.free_bytes - self.to_download
+                text += f"; {human_size(self.free_bytes)} free on the models disk, {human_size(after)} after"
+            return text
         if self.total_size:
             text += f"; total {human_size(self.total_size)}"
         if self.free_bytes is not None:

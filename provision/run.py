@@ -18,6 +18,7 @@ from pathlib import Path
 from . import paths
 from .download import Download
 from .engine import Engine, FetchError
+from .ondisk import file_state, item_state
 from .plan import Item
 from .progress import make_progress
 from .records import ItemRecords, VerifiedRecords
@@ -107,7 +108,7 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> list[Ite
             log.error(f"{entry.item.table}: {entry.error}")
 
     if settings.dry_run:
-        return [_planned(entry) for entry in work]
+        return [_planned(entry, verified) for entry in work]
     return _fetch_all(work, settings, verified, done_before)
 
 
@@ -128,16 +129,20 @@ def _refuse_shared_destinations(work: list[_Work]) -> None:
             owners.setdefault(dest, entry.item.table)
 
 
-def _planned(entry: _Work) -> ItemResult:
+def _planned(entry: _Work, verified: VerifiedRecords) -> ItemResult:
     item = entry.item
     if entry.error:
         return ItemResult.for_item(item, FAILED, reason=entry.error)
     sizes = [d.expected_size for d in entry.downloads]
+    size = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+    on_disk = item_state([file_state(d, verified) for d in entry.downloads], size)
     return ItemResult.for_item(
         item,
         PLANNED,
         dest=entry.dest,
-        size=None if None in sizes else sum(sizes),  # type: ignore[arg-type]
+        on_disk=on_disk.label(size),
+        have=on_disk.have,
+        size=size,
         detail=item.detail,
         files=len(entry.downloads) if item.is_repository else None,
     )

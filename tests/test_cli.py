@@ -18,16 +18,17 @@ def test_dry_run_offline_prints_the_plan_and_writes_nothing(cli, write_config, w
     result = cli(str(config), "--dry-run", "--offline")
     assert result.code == 0
     header, vae, lora = result.out.splitlines()[:3]
-    assert header.split() == ["STATUS", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION"]
+    assert header.split() == ["STATUS", "ON", "DISK", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION"]
     assert vae.split() == [
         "planned",
+        "missing",
         "vae",
         "sdxl",
         "huggingface",
         "?",
         f"{models}/VAE/sdxl_vae.safetensors",
     ]
-    assert lora.split() == ["planned", "lora", "d", "civitai", "?", f"{models}/Lora"]
+    assert lora.split() == ["planned", "missing", "lora", "d", "civitai", "?", f"{models}/Lora"]
     assert "lora.d: CivitAI id from version_id" in result.out
     assert not workspace.exists()
 

@@ -19,6 +19,7 @@ import pytest
 from provision.ranges import Ranges
 
 from .conftest import SECRET_VARS, blob, sha256, tree
+from .fakes.cdn import Fault
 from .fakes.civitai import VersionFile
 
 SIZE = 24 * 1024 * 1024
@@ -378,3 +379,48 @@ def test_a_restart_with_every_server_down_finds_everything_in_place(
     )
     assert checked.returncode == 1
     assert [r["status"] for r in json.loads(checked.stdout)] == ["failed", "failed", "failed"], checked.stderr
+
+
+def test_a_dry_run_says_what_is_on_disk(cli, write_config, cdn, workspace, models):
+    # A workspace prepared by a real run: one file in place, one changed behind our back, one
+    # left partial by a run that failed, one never fetched.
+    for name in ("kept", "changed", "partial", "new"):
+        cdn.add(f"/{name}.pth", blob(3 * 1024 * 1024, seed=len(name)))
+    entries = "".join(
+        f'[models.esrgan.{n}]\nurl = "{cdn.url}/{n}.pth"\nfilename = "{n}.pth"\n'
+        for n in ("kept", "changed", "partial", "new")
+    )
+    first = write_config(entries.split("[models.esrgan.new]")[0])
+    # (the first request is the resolver's HEAD; then the transfer breaks off and the server fails)
+    cdn.fault("/partial.pth", Fault(), Fault(close_at=1024 * 1024), *[Fault(status=503)] * 20)
+    result = cli(str(first), "--json")
+    assert [r["status"] for r in json.loads(result.out)] == ["ok", "ok", "failed"]
+    changed = models / "ESRGAN" / "changed.pth"
+    changed.write_bytes(changed.read_bytes()[::-1])  # same size, other bytes, newer mtime
+    cdn.faults.clear()
+    config = str(write_config(entries))
+
+    online = {r["name"]: r for r in json.loads(cli(config, "--dry-run", "--json").out)}
+    assert online["kept"]["on_disk"] == "in place"
+    assert online["changed"]["on_disk"] == "will replace"
+    assert (
+        re.fullmatch(r"partial \d+%", online["partial"]["on_disk"])
+        and online["partial"]["have"] >= 1024 * 1024
+    )
+    assert online["new"]["on_disk"] == "missing"
+    summary = cli(config, "--dry-run")
+    assert "4 items: 4 planned (1 in place, 1 partial, 1 missing, 1 to replace)" in summary.err
+    assert "to download " in summary.err and " after" in summary.err
+
+    offline = {
+        r["name"]: r["on_disk"] for r in json.loads(cli(config, "--dry-run", "--offline", "--json").out)
+    }
+    assert offline["kept"] == "in place" and offline["new"] == "missing"
+    assert offline["changed"] == "to check"  # its record no longer matches: the run hashes it
+    assert offline["partial"].startswith("partial")
+    assert tree(models) == [
+        "ESRGAN/changed.pth",
+        "ESRGAN/kept.pth",
+        "ESRGAN/partial.pth.part",
+        "ESRGAN/partial.pth.part.state",
+    ]

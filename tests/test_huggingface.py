@@ -202,5 +202,5 @@ def test_dry_run_resolves_names_and_sizes_without_file_bodies(cli, write_config,
     assert rows[0]["dest"] == str(models / "VAE" / "diffusion_pytorch_model.safetensors")
     assert cdn.body_bytes == 0 and not cdn.requests
     assert all(r.method == "HEAD" for r in hub.seen("/org/model/resolve/"))
-    assert "free on the models disk" in result.err and "total 293.0 KiB" in result.err
+    assert "free on the models disk" in result.err and "to download 293.0 KiB of 293.0 KiB" in result.err
     assert tree(models) == []
