@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(report.to_json() + "\n")
     elif args.dry_run:
         sys.stdout.write(report.table() + "\n")
+    else:
+        for line in report.final_table().splitlines():
+            log.info(line)
     log.info(report.summary())
     for result in report.failed:
         log.error(f"failed: {result.category}.{result.name}: {result.reason}")

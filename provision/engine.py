@@ -61,6 +61,14 @@ class FetchResult:
     bytes: int  # transferred in this run
     size: int
     reason: str | None = None
+    verified: str = ""  # how: "sha256", "git blob id", "size only" or "none" (see verification)
+
+
+def verification(download: Download) -> str:
+    """What the file was checked against: a published checksum, else its size, else nothing."""
+    if download.checksum is not None:
+        return "git blob id" if download.checksum.algorithm == "git-sha1" else download.checksum.algorithm
+    return "size only" if download.size is not None else "none"
 
 
 class Progress:
@@ -123,11 +131,11 @@ class Engine:
             raise FetchError(f"{dest} is a folder; remove it or give the item another filename")
         if self._already_in_place(download):
             size = dest.stat().st_size
-            return FetchResult("skipped", 0, size, reason="already verified")
+            return FetchResult("skipped", 0, size, reason="already verified", verified=verification(download))
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._reserved_space(download):
             transferred = self._transfer(download, progress)
-        return FetchResult("ok", transferred, dest.stat().st_size)
+        return FetchResult("ok", transferred, dest.stat().st_size, verified=verification(download))
 
     def _already_in_place(self, download: Download) -> bool:
         dest = download.dest

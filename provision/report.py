@@ -25,6 +25,7 @@ class ItemResult:
     reason: str | None = None  # why it failed, or what a dry-run found worth saying
     detail: str | None = None  # e.g. which CivitAI key gave the id
     files: int | None = None  # whole repositories: how many files
+    verified: str | None = None  # sha256, git blob id, size only, none; records (in place as recorded)
     on_disk: str | None = None  # dry-run: in place, partial N%, missing, will replace, to check
     have: int = 0  # dry-run: bytes of it already on disk
 
@@ -70,6 +71,24 @@ class Report:
     @property
     def to_download(self) -> int:
         return sum(max(0, (r.size or 0) - r.have) for r in self.results if r.status == PLANNED)
+
+    def final_table(self) -> str:
+        """The end of a real run, for people: per item its size, time, speed, check and status."""
+        headers = ("ITEM", "SIZE", "TIME", "SPEED", "CHECKED BY", "STATUS")
+        rows = []
+        for r in self.results:
+            speed = f"{human_size(int(r.bytes / r.seconds))}/s" if r.bytes and r.seconds else "-"
+            seconds = f"{r.seconds:.1f}s" if r.seconds else "-"
+            rows.append(
+                (f"{r.category}.{r.name}", human_size(r.size), seconds, speed, r.verified or "-", r.status)
+            )
+        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+        lines = [
+            "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+            for row in (headers, *rows)
+        ]
+        lines += [f"  {r.category}.{r.name}: {r.reason}" for r in self.results if r.status == FAILED]
+        return redact("\n".join(lines))
 
     def table(self) -> str:
         headers = ("STATUS", "ON DISK", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION")

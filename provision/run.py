@@ -56,6 +56,7 @@ class _Work:
     bytes: int = 0
     statuses: list[str] = field(default_factory=list)
     in_place: list[Path] | None = None  # recorded as done by an earlier run: no request needed
+    checks: set[str] = field(default_factory=set)  # how its files were verified
 
     @property
     def files(self) -> list[Path]:
@@ -210,6 +211,7 @@ def _fetch_all(
             if error is None:
                 entry.bytes += result.bytes
                 entry.statuses.append(result.status)
+                entry.checks.add(result.verified)
             else:
                 entry.error = entry.error or error
                 entry.statuses.append(FAILED)
@@ -280,4 +282,5 @@ def _fetched(entry: _Work) -> ItemResult:
         seconds=round((entry.finished or 0) - (entry.started or 0), 3) if entry.started else 0.0,
         reason=entry.error,
         files=len(entry.files) if item.is_repository else None,
+        verified="records" if entry.in_place is not None else "+".join(sorted(entry.checks)) or None,
     )

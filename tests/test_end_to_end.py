@@ -424,3 +424,31 @@ def test_a_dry_run_says_what_is_on_disk(cli, write_config, cdn, workspace, model
         "ESRGAN/partial.pth.part",
         "ESRGAN/partial.pth.part.state",
     ]
+
+
+def test_the_report_says_how_each_item_was_verified(cli, write_config, cdn, hub, workspace):
+    cdn.add("/plain.pth", blob(70_000, seed=31))
+    hub.add_repo("org/m", {"vae.safetensors": blob(300_000, seed=32), "config.json": b'{"a": 1}'})
+    config = str(
+        write_config(
+            f'[models.esrgan]\nplain = "{cdn.url}/plain.pth"\n'
+            '[models.vae.lfs]\nrepo = "org/m"\nfile = "vae.safetensors"\n'
+            '[models.vae.small]\nrepo = "org/m"\nfile = "config.json"\n'
+        )
+    )
+    first = cli(config, "--json")
+    assert {r["name"]: r["verified"] for r in json.loads(first.out)} == {
+        "plain": "size only",
+        "lfs": "sha256",
+        "small": "git blob id",
+    }
+    again = cli(config)
+    table = again.err.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("ITEM "))
+    assert table[header].split() == ["ITEM", "SIZE", "TIME", "SPEED", "CHECKED", "BY", "STATUS"]
+    rows = [line.split() for line in table[header + 1 : header + 4]]
+    assert [(row[0], row[-2], row[-1]) for row in rows] == [
+        ("esrgan.plain", "records", "skipped"),
+        ("vae.lfs", "records", "skipped"),
+        ("vae.small", "records", "skipped"),
+    ]
