@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         " as main, a CivitAI model's newest version); default: trust the records, no request",
     )
     parser.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help="only the items whose category/name matches this glob (repeatable), e.g. 'lora/*'",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="fetch again even what is in place (replaced when verified)"
+    )
+    parser.add_argument(
         "--no-wait",
         action="store_true",
         help="fail at once when another provision is working on the workspace (default: wait for it)",
@@ -132,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         connections=args.connections,
         wait=not args.no_wait,
         update=args.update,
+        only=args.only,
+        force=args.force,
     )
     workspace = provisioner.workspace
     if workspace.exists() and not workspace.is_dir():

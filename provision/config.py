@@ -101,7 +101,7 @@ def load_plan(
             continue
         folder = plan.models_root / category.folder
         for name, entry in entries.items():
-            item = _plan_entry(category_name, name, entry, folder, env, problems)
+            item = _plan_entry(category_name, name, entry, folder, env, problems, plan.warnings)
             if item is not None:
                 plan.items.append(item)
 
@@ -112,7 +112,13 @@ def load_plan(
 
 
 def _plan_entry(
-    category: str, name: str, entry: Any, folder: Path, env: Mapping[str, str], problems: list[str]
+    category: str,
+    name: str,
+    entry: Any,
+    folder: Path,
+    env: Mapping[str, str],
+    problems: list[str],
+    warnings: list[str],
 ) -> Item | None:
     where = f"models.{category}.{name}"
     found: list[str] = []
@@ -149,7 +155,7 @@ def _plan_entry(
             report(f"{where}: unknown key {key!r}{hint}")
 
     spec = _SPEC_BUILDERS[source](entry, where, env, report)
-    filename = _filename(entry, spec, where, report)
+    filename = _filename(entry, spec, where, report, warnings.append)
     if spec is not None and isinstance(spec, HuggingFaceSpec) and spec.file is None:
         # A whole repository lands in a folder of its own, named after the entry.
         repo_folder = safe_filename(name)
@@ -405,7 +411,7 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _filename(entry, spec: Spec | None, where, report) -> str | None:
+def _filename(entry, spec: Spec | None, where, report, warn) -> str | None:
     """The planned file name: the entry's `filename`, else what the spec names, else None."""
     if "filename" in entry:
         given = _string(entry, "filename", where, report)
@@ -414,6 +420,11 @@ def _filename(entry, spec: Spec | None, where, report) -> str | None:
         name = safe_filename(given)
         if name is None:
             report(f"{where}.filename: {given!r} has no usable file name")
+        elif name != given and re.search(r"[/\\]", given):
+            warn(
+                f"{where}.filename: {given!r} names folders; only the file name {name!r} is kept"
+                " (every file of a category goes into its folder)"
+            )
         return name
     if isinstance(spec, HuggingFaceSpec) and spec.file:
         return safe_filename(PurePosixPath(spec.file).name)

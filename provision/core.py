@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from . import paths
-from .config import LintEnvironment, load_plan
+from .config import ConfigError, LintEnvironment, load_plan
 from .configsource import read_config
 from .http import TIMEOUT
 from .ondisk import offline_state
@@ -54,6 +55,8 @@ class Provisioner:
         timeout: tuple[float, float] | None = None,
         wait: bool = True,
         update: bool = False,
+        only: list[str] | None = None,
+        force: bool = False,
     ):
         if jobs < 1 or connections < 1:
             raise ValueError("jobs and connections must be at least 1")
@@ -71,6 +74,8 @@ class Provisioner:
         # False: an item recorded as in place is done without a request (restarts work offline);
         # True: every item is resolved again, so a moving revision or "newest version" moves.
         self.update = update
+        self.only = only or []  # globs over "category/name": the items to work on (all: empty)
+        self.force = force  # fetch again even what is in place
         self.per_file = min(PER_FILE_CONNECTIONS, connections)
         self.retry = retry or RetryPolicy.from_env()
         # PROVISION_READ_TIMEOUT: seconds without a byte before a connection counts as stalled.
@@ -98,6 +103,14 @@ class Provisioner:
 
     def run(self, config: str | Path) -> Report:
         plan = self.plan(config)
+        if self.only:
+            chosen = [
+                i for i in plan.items if any(fnmatch.fnmatch(f"{i.category}/{i.name}", p) for p in self.only)
+            ]
+            if not chosen:
+                names = ", ".join(f"{i.category}/{i.name}" for i in plan.items)
+                raise ConfigError([f"--only {' '.join(self.only)}: matches no item (the items: {names})"])
+            plan.items = chosen
         report = Report(warnings=list(plan.warnings), dry_run=self.dry_run)
         runnable: list[Item] = []
         for item in plan.items:
@@ -132,8 +145,9 @@ class Provisioner:
                 retry=self.retry,
                 timeout=self.timeout,
                 dry_run=self.dry_run,
-                update=self.update,
+                update=self.update or self.force,
                 verify=self.verify,
+                force=self.force,
                 progress=self.progress,
             )
             if self.dry_run:

@@ -89,6 +89,7 @@ class Engine:
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] = (10, 30),
         verify: bool = False,
+        force: bool = False,
         session_factory: Callable[[], requests.Session] = new_session,
     ):
         self.records = records
@@ -98,6 +99,7 @@ class Engine:
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.verify = verify
+        self.force = force  # never skip: fetch every file again, from byte 0
         self.session_factory = session_factory
         self._local = threading.local()
         self._space_lock = threading.Lock()
@@ -129,7 +131,7 @@ class Engine:
         dest = download.dest
         if dest.is_dir():
             raise FetchError(f"{dest} is a folder; remove it or give the item another filename")
-        if self._already_in_place(download):
+        if not self.force and self._already_in_place(download):
             size = dest.stat().st_size
             return FetchResult("skipped", 0, size, reason="already verified", verified=verification(download))
         dest.parent.mkdir(parents=True, exist_ok=True)

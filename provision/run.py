@@ -43,6 +43,7 @@ class RunSettings:
     dry_run: bool = False
     update: bool = False
     verify: bool = False
+    force: bool = False  # fetch again what is in place (the old file stays until the new one is verified)
     progress: bool | None = None  # None: bars on a terminal, log lines otherwise
 
 
@@ -163,6 +164,7 @@ def _fetch_all(
         retry=settings.retry,
         timeout=settings.timeout,
         verify=settings.verify,
+        force=settings.force,
     )
     jobs = [
         (entry, download)

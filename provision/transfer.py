@@ -67,7 +67,7 @@ class Transfer:
     # -- state of the .part ----------------------------------------------------------------
 
     def _load_state(self) -> None:
-        if not self.segmented or not self.partfile.path.exists():
+        if not self.segmented or not self.partfile.path.exists() or self.engine.force:
             self._discard()
             return
         state = self.partfile.load(self.download.size)

@@ -222,3 +222,21 @@ def test_every_shipped_example_passes_the_offline_lint_without_any_token(cli, ex
         monkeypatch.delenv(name, raising=False)
     result = cli(str(example), "--dry-run", "--offline")
     assert result.code == 0, result.err
+
+
+def test_only_picks_items_by_category_and_name_and_says_when_nothing_matches(cli, write_config):
+    config = str(
+        write_config(
+            '[models.lora]\na = "https://example.com/a.safetensors"\nb = "https://example.com/b.safetensors"\n'
+            '[models.vae]\nv = "https://example.com/v.safetensors"\n'
+        )
+    )
+    rows = json.loads(cli(config, "--dry-run", "--offline", "--json", "--only", "lora/*").out)
+    assert [(r["category"], r["name"]) for r in rows] == [("lora", "a"), ("lora", "b")]
+    rows = json.loads(
+        cli(config, "--dry-run", "--offline", "--json", "--only", "lora/b", "--only", "vae/*").out
+    )
+    assert [r["name"] for r in rows] == ["b", "v"]
+    none = cli(config, "--dry-run", "--offline", "--only", "unet/*")
+    assert none.code == 2
+    assert "--only unet/*: matches no item (the items: lora/a, lora/b, vae/v)" in none.err

@@ -334,3 +334,13 @@ def test_a_hugging_face_url_entry_honours_gated_and_an_agreeing_revision():
         'gated = true\nrevision = "v2"\n'
     )
     assert item.spec == HuggingFaceSpec("a/b", "x.safetensors", "v2", gated=True)
+
+
+def test_a_filename_with_folders_is_flattened_with_a_warning():
+    result = plan('[models.esrgan.x]\nurl = "https://example.com/x.pth"\nfilename = "sub/dir/x4.pth"\n')
+    (item,) = result.items
+    assert item.filename == "x4.pth"
+    assert result.warnings == [
+        "models.esrgan.x.filename: 'sub/dir/x4.pth' names folders; only the file name 'x4.pth' is kept"
+        " (every file of a category goes into its folder)"
+    ]

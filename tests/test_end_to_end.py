@@ -452,3 +452,16 @@ def test_the_report_says_how_each_item_was_verified(cli, write_config, cdn, hub,
         ("vae.lfs", "records", "skipped"),
         ("vae.small", "records", "skipped"),
     ]
+
+
+def test_force_fetches_again_what_is_in_place_and_only_that(cli, write_config, cdn, models):
+    cdn.add("/a.pth", blob(200_000, seed=41))
+    cdn.add("/b.pth", blob(200_000, seed=42))
+    config = str(write_config(f'[models.esrgan]\na = "{cdn.url}/a.pth"\nb = "{cdn.url}/b.pth"\n'))
+    assert cli(config).code == 0
+    cdn.body_bytes = 0
+    forced = cli(config, "--json", "--force", "--only", "esrgan/a")
+    assert forced.code == 0, forced.err
+    assert [(r["name"], r["status"], r["bytes"]) for r in json.loads(forced.out)] == [("a", "ok", 200_000)]
+    assert cdn.body_bytes == 200_000
+    assert sha256((models / "ESRGAN" / "a.pth").read_bytes()) == sha256(blob(200_000, seed=41))
