@@ -176,3 +176,13 @@ def test_the_file_checked_is_the_file_downloaded_whatever_the_account_prefers(
     assert tree(models) == ["Stable-diffusion/model.safetensors"]
     assert sha256((models / "Stable-diffusion" / "model.safetensors").read_bytes()) == sha256(full)
     assert all(r.query.get("fileId") == "11" for r in civitai.seen("/api/download/models/500"))
+
+
+def test_a_version_listed_under_another_category_than_its_type_is_warned_about(cli, write_config, lora):
+    result = run(cli, write_config, "[models.checkpoints.detail]\nversion_id = 135867\n")
+    assert result.code == 0, result.err
+    assert (
+        "warning: models.checkpoints.detail: CivitAI says version 135867 is a LORA, but it is listed under"
+        " checkpoints: SD.Next will not load it from there; list it under [models.lora]" in result.err
+    )
+    assert "CivitAI says" not in run(cli, write_config, "[models.lora.detail]\nversion_id = 135867\n").err

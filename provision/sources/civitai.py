@@ -31,10 +31,24 @@ def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+# CivitAI's model types and the categories whose SD.Next folder loads them.
+CATEGORIES_OF_TYPE = {
+    "Checkpoint": {"checkpoints", "diffusers", "unet"},
+    "LORA": {"lora"},
+    "LoCon": {"lora"},
+    "DoRA": {"lora"},
+    "TextualInversion": {"embeddings"},
+    "VAE": {"vae"},
+    "Controlnet": {"controlnet"},
+    "Upscaler": {"esrgan", "realesrgan", "swinir", "scunet"},
+}
+
+
 def resolve(item: Item, ctx: Context) -> list[Download]:
     spec: CivitaiSpec = item.spec  # type: ignore[assignment]
     version_id = spec.version_id or _newest_version(item, spec, ctx)
     version = _api(ctx, f"/api/v1/model-versions/{version_id}", f"model version {version_id}")
+    _warn_about_category(item, version_id, (version.get("model") or {}).get("type"))
     chosen = _choose_file(version.get("files") or [], spec, version_id)
     name = item.filename or safe_filename(chosen.get("name")) or f"civitai-{version_id}.safetensors"
     sha256 = ((chosen.get("hashes") or {}).get("SHA256") or "").lower() or None
@@ -120,6 +134,17 @@ def explain(status: int, what: str) -> str | None:
     if status == 429:
         return "CivitAI rate limit (429) persisted: wait a few minutes and run again"
     return None
+
+
+def _warn_about_category(item: Item, version_id: int, model_type: str | None) -> None:
+    """A LORA listed under checkpoints lands where SD.Next looks for checkpoints: say so."""
+    categories = CATEGORIES_OF_TYPE.get(model_type or "")
+    if categories and item.category not in categories:
+        log.warning(
+            f"warning: {item.table}: CivitAI says version {version_id} is a {model_type}, but it is listed"
+            f" under {item.category}: SD.Next will not load it from there; list it under"
+            f" [models.{sorted(categories)[0]}]"
+        )
 
 
 def check_token(ctx: Context) -> str | None:

@@ -31,6 +31,7 @@ class Version:
     files: list[VersionFile]
     needs_token: bool = True
     error: int | None = None  # 403 early access, 404, 410 archived ...
+    model_type: str = "LORA"  # the model's type, as the API's model.type names it
 
 
 @dataclass
@@ -98,6 +99,7 @@ class FakeCivitai(FakeServer):
 
     def _version_json(self, version: Version) -> dict:
         return {
+            "model": {"name": f"model {version.model_id}", "type": version.model_type},
             "id": version.version_id,
             "modelId": version.model_id,
             "name": f"v{version.version_id}",
