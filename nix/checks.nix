@@ -27,6 +27,7 @@ let
       ../nix
       ../bench
       ../.github # tests/test_workflow.py reads the workflow
+      ../schema
     ];
   };
   python = python3.withPackages (ps: [
@@ -37,6 +38,7 @@ let
     ps.pytest
     ps.pyelftools # reads the ELF files of a test wheel like nix/sdnext/wheel_manifest.py
     ps.pyte # renders provision's terminal output in tests/test_terminal.py
+    ps.jsonschema # checks the examples against schema/models.schema.json
   ]);
 in
 {
