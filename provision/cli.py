@@ -25,6 +25,7 @@ log = logging.getLogger("provision")
 EPILOG = """\
 examples:
   provision models.toml --dry-run --offline    lint: no network, nothing written
+  provision status models.toml                 the model folders, file by file
   PROVISION_URL=https://example.com/m.toml provision --jobs 3
 
 environment:
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     register_env_secrets()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        from .status import main as status  # the model folders as SD.Next will see them
+
+        return status(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_folders:

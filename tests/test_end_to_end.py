@@ -465,3 +465,25 @@ def test_force_fetches_again_what_is_in_place_and_only_that(cli, write_config, c
     assert [(r["name"], r["status"], r["bytes"]) for r in json.loads(forced.out)] == [("a", "ok", 200_000)]
     assert cdn.body_bytes == 200_000
     assert sha256((models / "ESRGAN" / "a.pth").read_bytes()) == sha256(blob(200_000, seed=41))
+
+
+def test_status_shows_the_model_folders_file_by_file(cli, write_config, cdn, workspace, models):
+    cdn.add("/a.pth", blob(200_000, seed=51))
+    cdn.add("/b.pth", blob(3 * 1024 * 1024, seed=52))
+    config = str(
+        write_config(
+            f'[models.esrgan]\na = "{cdn.url}/a.pth"\n[models.lora.b]\nurl = "{cdn.url}/b.pth"\nfilename = "b.pth"\n'
+        )
+    )
+    cdn.fault("/b.pth", Fault(), Fault(close_at=1024 * 1024), *[Fault(status=503)] * 20)
+    assert cli(config).code == 1  # b is left partial
+    (models / "Lora" / "mine.safetensors").write_bytes(b"a LoRA the user copied in")
+    result = cli("status", config, "--workspace", str(workspace), "--json")
+    assert result.code == 0, result.err
+    files = {f["path"]: (f["state"], f["owner"]) for f in json.loads(result.out)}
+    assert files["ESRGAN/a.pth"] == ("verified", "models.esrgan.a")
+    assert files["Lora/mine.safetensors"] == ("unverified", "-")
+    assert re.fullmatch(r"partial \d+%", files["Lora/b.pth.part"][0])
+    text = cli("status", config, "--workspace", str(workspace)).out
+    assert text.splitlines()[0].split() == ["FILE", "SIZE", "STATE", "ITEM"]
+    assert text.rstrip().endswith("owned by no item")
