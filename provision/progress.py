@@ -126,6 +126,13 @@ class TqdmProgress(_Totals):
             if self.total_bar is not None:
                 self.total_bar.update(n)
 
+    def file_waiting(self, download: Download, waiting: bool) -> None:
+        with self.lock:
+            bar = self.bars.get(id(download))
+            if bar is not None:
+                name = download.dest.name[:30]
+                bar.set_description(f"{name} (waiting)" if waiting else name, refresh=False)
+
     def file_finished(self, download: Download) -> None:
         super().file_finished(download)
         with self.lock:

@@ -6,6 +6,7 @@ import contextlib
 import heapq
 import itertools
 import threading
+from collections.abc import Callable
 
 
 class ConnectionSlots:
@@ -23,15 +24,21 @@ class ConnectionSlots:
         self.waiting: list[tuple[int, int]] = []  # (priority, ticket), a heap
         self.tickets = itertools.count()
 
-    def acquire(self, priority: int) -> None:
+    def acquire(self, priority: int, on_wait: Callable[[], None] | None = None) -> bool:
+        """Take a slot; returns whether it had to wait (`on_wait` is called once, if so)."""
+        waited = False
         with self.condition:
             entry = (priority, next(self.tickets))
             heapq.heappush(self.waiting, entry)
             while not (self.free > 0 and self.waiting[0] == entry):
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
                 self.condition.wait()
             heapq.heappop(self.waiting)
             self.free -= 1
             self.condition.notify_all()
+        return waited
 
     def release(self) -> None:
         with self.condition:

@@ -52,6 +52,9 @@ class Transfer:
         self.partfile = PartFile(download.dest, download.identity)
         self.part = self.partfile.path
         self.lock = threading.Lock()
+        self.connections = 0  # slots this file holds now
+        self.blocked = 0  # its workers waiting for one
+        self.waiting_shown = False
         self.total: int | None = None
         self.validator: str | None = None
         self.done = Ranges()
@@ -128,7 +131,49 @@ class Transfer:
             prefetched, self.prefetched = self.prefetched, None
         if prefetched is not None:
             prefetched[2].close()
-            self.engine.slots.release()
+            self._give_slot()
+
+    # -- connection slots: the engine's cap, and whether this file is waiting for one -------------
+
+    def _take_slot(self) -> None:
+        waited = self.engine.slots.acquire(self.priority, on_wait=self._blocked)
+        with self.lock:
+            self.blocked -= waited
+            self.connections += 1
+        self._show_waiting(False)
+
+    def _give_slot(self) -> None:
+        self.engine.slots.release()
+        with self.lock:
+            self.connections -= 1
+            idle = self.connections == 0 and self.blocked > 0
+        if idle:
+            self._show_waiting(True)
+
+    def _blocked(self) -> None:
+        """A worker found no free connection (called by the slots before it waits)."""
+        with self.lock:
+            self.blocked += 1
+            idle = self.connections == 0
+        if idle:
+            self._show_waiting(True)
+
+    def _show_waiting(self, waiting: bool) -> None:
+        """Holding no connection while a worker waits for one means a bigger, earlier file has
+        them all: the bar says "waiting" instead of looking frozen. Only changes are reported."""
+        with self.lock:
+            if waiting == self.waiting_shown or not self.announced or (waiting and self.stop.is_set()):
+                return
+            self.waiting_shown = waiting
+        self.progress.file_waiting(self.download, waiting)
+
+    @contextlib.contextmanager
+    def _slot(self):
+        self._take_slot()
+        try:
+            yield
+        finally:
+            self._give_slot()
 
     def _announce(self) -> None:
         if not self.announced:
@@ -153,7 +198,7 @@ class Transfer:
             headers["Range"] = f"bytes={start}-{end - 1}"
             if self.validator and self.done.covered():  # resuming: only onto the same file
                 headers["If-Range"] = self.validator
-        self.engine.slots.acquire(self.priority)
+        self._take_slot()
         try:
             response = self.engine.open(self.download, headers)
             if response.status_code == 206:
@@ -170,7 +215,7 @@ class Transfer:
                 self.prefetched = (start, last + 1, response)
                 return  # the slot stays held until a piece worker has read the body
         except BaseException:
-            self.engine.slots.release()
+            self._give_slot()
             raise
         try:
             # 200: the whole file from byte 0 (no ranges, or If-Range said it changed).
@@ -190,7 +235,7 @@ class Transfer:
             if self.total is None:
                 self.total = written
         finally:
-            self.engine.slots.release()
+            self._give_slot()
 
     def _start_part(self, total: int | None, validator: str | None) -> None:
         expected = self.download.size
@@ -281,7 +326,7 @@ class Transfer:
             try:
                 self._write_body(response, start, end)
             finally:
-                self.engine.slots.release()
+                self._give_slot()
             return
         while not self.stop.is_set():  # a server may answer with less than asked: ask for the rest
             with self.lock:
@@ -292,7 +337,7 @@ class Transfer:
             headers = {"Range": f"bytes={begin}-{end - 1}"}
             if self.validator:
                 headers["If-Range"] = self.validator
-            with self.engine.slots.hold(self.priority):
+            with self._slot():
                 response = self.engine.open(self.download, headers)
                 if response.status_code != 206:
                     response.close()

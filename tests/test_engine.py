@@ -309,3 +309,31 @@ def test_an_answer_cut_inside_its_headers_is_retried(engine, served, tmp_path, c
     assert result.status == "ok"
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
     assert "retry 1" in caplog.text
+
+
+def test_a_file_whose_connections_all_went_to_an_earlier_one_is_reported_waiting(engine, served, tmp_path):
+    import threading
+
+    from provision.engine import Progress
+    from provision.transfer import Transfer
+
+    events: list[bool] = []
+    changed = threading.Event()
+
+    class Recorder(Progress):
+        def file_waiting(self, download, waiting):
+            events.append(waiting)
+            changed.set()
+
+    shared = engine(connections=1)
+    earlier = next(shared._priorities)  # a file that started before this one holds the only slot
+    shared.slots.acquire(earlier)
+    transfer = Transfer(shared, download(served, tmp_path), Recorder(), segmented=True)
+    transfer.announced = True  # its bar is on screen
+    worker = threading.Thread(target=transfer._take_slot)
+    worker.start()
+    assert changed.wait(30) and events == [True]  # no connection and one wanted: waiting
+    changed.clear()
+    shared.slots.release()  # the earlier file is done
+    worker.join(30)
+    assert changed.wait(30) and events == [True, False] and transfer.connections == 1
