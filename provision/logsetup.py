@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,7 +21,14 @@ class _ConsoleHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            text = self.format(record)
+            if self.stream.isatty():  # a long line wraps at the terminal's width, indented
+                width = max(40, shutil.get_terminal_size().columns - 1)
+                text = "\n".join(
+                    textwrap.fill(line, width, subsequent_indent="  ", break_on_hyphens=False)
+                    for line in text.splitlines()
+                )
+            tqdm.write(text, file=self.stream)
         except Exception:  # as logging.StreamHandler does: never let logging raise
             self.handleError(record)
 

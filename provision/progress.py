@@ -67,13 +67,22 @@ class LogProgress(_Totals):
         self.thread.join()
 
 
-# Sizes in KiB, MiB, GiB everywhere (tqdm's own labels would say MB for mebibytes).
-_BYTES = {
-    "unit": "iB",
-    "unit_scale": True,
-    "unit_divisor": 1024,
-    "bar_format": "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}{unit}/{total_fmt}{unit} [{rate_fmt}]",
-}
+class _ByteBar(tqdm):
+    """A bar that writes sizes and speed as the log does (KiB, MiB, GiB): tqdm's own rate is
+    in units of 1000 whatever the divisor, with binary-looking labels."""
+
+    @property
+    def format_dict(self):
+        values = super().format_dict
+        n, total, elapsed = values["n"], values["total"], values["elapsed"]
+        rate = values["rate"] or (n / elapsed if elapsed else None)
+        values["done"] = human_size(int(n))
+        values["size"] = human_size(int(total)) if total else "?"
+        values["speed"] = f"{human_size(int(rate))}/s" if rate else "-"
+        return values
+
+
+_BYTES = {"bar_format": "{desc}: {percentage:3.0f}%|{bar}| {done}/{size} [{speed}]"}
 SMALL_FILE = 1024 * 1024  # no bar of its own below this: it would only flicker
 
 
@@ -92,7 +101,7 @@ class TqdmProgress(_Totals):
         super().file_started(download, total, have)
         with self.lock:
             if self.total_bar is None:
-                self.total_bar = tqdm(
+                self.total_bar = _ByteBar(
                     total=self.expected_total or None,
                     desc="total",
                     position=0,
@@ -106,7 +115,7 @@ class TqdmProgress(_Totals):
             position = self.free_positions.pop(0) if self.free_positions else self.next_position
             if position == self.next_position:
                 self.next_position += 1
-            self.bars[id(download)] = tqdm(
+            self.bars[id(download)] = _ByteBar(
                 total=total,
                 initial=have,
                 desc=download.dest.name[:30],

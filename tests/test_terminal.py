@@ -44,10 +44,13 @@ def run_in_terminal(argv: list[str], env: dict[str, str], rows: int = 24) -> tup
 
 
 def test_a_run_at_a_terminal_prints_whole_lines_and_leaves_no_bar(cdn, write_config, workspace):
+    long_name = "a-lora-with-a-name-long-enough-to-make-every-line-about-it-wrap-at-80.safetensors"
+    cdn.add(f"/{long_name}", b"x" * 1000)
     for name, size in (("a", 3 * 1024 * 1024), ("b", 3 * 1024 * 1024), ("tiny", 10_000)):
         cdn.add(f"/{name}.safetensors", blob(size, seed=len(name)))
     cdn.rate = 512 * 1024  # per connection: the bars are on screen while items start and end
     lines = "".join(f'{n} = "{cdn.url}/{n}.safetensors"\n' for n in ("a", "b", "tiny"))
+    lines += f'long = "{cdn.url}/{long_name}"\n'  # its start and done lines are longer than 80
     config = write_config(f"[models.lora]\n{lines}")
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
     env.update({"TERM": "xterm-256color", "PROVISION_RETRY_BASE": "0.01", "COLUMNS": str(COLUMNS)})
@@ -62,7 +65,8 @@ def test_a_run_at_a_terminal_prints_whole_lines_and_leaves_no_bar(cdn, write_con
         assert any(row.startswith(f"done models.lora.{name}: ") for row in rows), text
     for row in rows:  # a log line never shares its row with a bar or another line's piece
         for word in ("start models.", "done models.", "items: "):
-            assert word not in row or row.startswith(word) or row.startswith("3 items"), row
+            assert word not in row or row.startswith(word) or row.startswith("4 items"), row
     assert not any("%|" in row for row in rows), text  # every bar is gone at the end
     assert all(len(row) < COLUMNS for row in rows), text  # no line wraps
-    assert rows[-1] == "3 items: 3 ok; total 6.0 MiB", text
+    assert rows[-1] == "4 items: 4 ok; total 6.0 MiB", text
+    assert any(row.startswith("start models.lora.long -> Lora/a-lora-with") for row in rows), text
