@@ -500,6 +500,13 @@ def test_logs_go_to_the_workspace_and_to_the_console(start):
     assert "GET /marker-1234" in runtime.console
     line = next(line for line in log_text(runtime, "logdy").splitlines() if "marker-1234" in line)
     assert re.match(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d", line)  # timestamped by s6-log
+    # On the console each line also says which service it came from; the file keeps it as it was.
+    console = next(line for line in runtime.console.splitlines() if "marker-1234" in line)
+    assert re.match(r"logdy +\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S* ", console), console
+    assert not line.startswith("logdy")
+    assert re.search(r"^gateway +\d{4}-", runtime.console, re.M) and re.search(
+        r"^sdnext +\d{4}-", runtime.console, re.M
+    )
 
 
 @pytest.mark.parametrize("driver", [True, False], ids=["with-driver", "without-driver"])
