@@ -1,14 +1,15 @@
-"""Model categories and the folders SD.Next reads them from.
-
-Every folder was checked in SD.Next's source at the pinned tag 2026-01-22:
-`modules/shared.py` (the `*_dir` / `*_models_path` options, all relative to `--models-dir`),
-`modules/control/units/controlnet.py` (`<control_dir>/controlnet`) and the upscaler classes
-in `modules/postprocess/*_model.py` (`models/<Upscaler.name>`).
-"""
+"""Model categories and the folders SD.Next reads them from, as sdnext_pin.toml records them
+for the pinned tag (the same file Nix reads for SD.Next's source)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -19,36 +20,17 @@ class Category:
     warning: str | None = None  # set when SD.Next at the pin no longer loads this category
 
 
-CATEGORIES: dict[str, Category] = {
-    c.name: c
-    for c in (
-        Category("checkpoints", "Stable-diffusion", "single-file checkpoints"),
-        Category("diffusers", "Diffusers", "diffusers-format model folders"),
-        Category("unet", "UNET", "UNET / transformer weights"),
-        Category("vae", "VAE", "VAE weights"),
-        Category("text_encoder", "Text-encoder", "text encoders (CLIP, T5, ...)"),
-        Category("lora", "Lora", "LoRA / LyCORIS networks"),
-        Category("embeddings", "embeddings", "textual inversion embeddings"),
-        Category("controlnet", "control/controlnet", "ControlNet models"),
-        Category("esrgan", "ESRGAN", "ESRGAN upscalers"),
-        Category("realesrgan", "RealESRGAN", "RealESRGAN upscalers"),
-        Category("swinir", "SwinIR", "SwinIR upscalers"),
-        Category("scunet", "SCUNet", "SCUNet upscalers"),
-        Category("gfpgan", "GFPGAN", "GFPGAN face restoration"),
-        Category("codeformer", "Codeformer", "CodeFormer face restoration"),
-        Category("yolo", "yolo", "YOLO detailer models"),
-        Category(
-            "hypernetworks",
-            "hypernetworks",
-            "hypernetworks",
-            warning="SD.Next 2026-01-22 no longer loads hypernetworks; the file is downloaded "
-            "to models/hypernetworks but SD.Next will not use it",
-        ),
-    )
-}
+def _pinned() -> dict:
+    """sdnext_pin.toml: the SD.Next tag this project pins and what belongs to that tag."""
+    return tomllib.loads(resources.files(__package__).joinpath("sdnext_pin.toml").read_text())
 
-# Other names people use for a category (the design we replace called text encoders "clip").
-ALIASES: dict[str, str] = {"clip": "text_encoder"}
+
+PIN = _pinned()
+CATEGORIES: dict[str, Category] = {
+    name: Category(name, entry["folder"], entry["what"], entry.get("warning"))
+    for name, entry in PIN["categories"].items()
+}
+ALIASES: dict[str, str] = dict(PIN.get("aliases", {}))
 
 
 def lookup(name: str) -> Category | None:

@@ -17,15 +17,12 @@ import time
 
 import requests
 
-# Each rescan endpoint SD.Next has had, and the model folders it covers.
-RESCANS = {
-    "refresh-checkpoints": "Stable-diffusion and Diffusers",
-    "refresh-vae": "VAE",
-    "refresh-loras": "Lora",
-    "refresh-unets": "UNET",
-}
-# Folders no release rescans through the API (text encoders are read when a model loads).
-NO_RESCAN = "Text-encoder"
+from .categories import PIN
+
+# The rescan endpoints of the pinned tag and the folders each covers, and the folders that have
+# none (UNET and Text-encoder at 2026-01-22): sdnext_pin.toml.
+RESCANS: dict[str, list[str]] = dict(PIN["rescans"])
+UNCOVERED: list[str] = list(PIN["no-rescan"]["folders"])
 
 
 def wait_for_status(base: str, timeout: float, interval: float = 2.0) -> bool:
@@ -75,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         say("SD.Next lists no API (/openapi.json): trying every rescan it has had")
     failed = 0
     for name, folders in RESCANS.items():
+        covered = " and ".join(folders)
         if available is not None and name not in available:
-            say(f"this SD.Next has no {name}: new {folders} files show after its UI's refresh or a restart")
+            say(f"this SD.Next has no {name}: new {covered} files show after its UI's refresh or a restart")
             continue
         try:
             status = requests.post(f"{base}/sdapi/v1/{name}", timeout=300).status_code
@@ -85,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         if available is None and status in (404, 405):
-            say(f"this SD.Next has no {name}: new {folders} files show after its UI's refresh or a restart")
+            say(f"this SD.Next has no {name}: new {covered} files show after its UI's refresh or a restart")
         elif 200 <= status < 300:
-            say(f"{name}: {status} ({folders} rescanned)")
+            say(f"{name}: {status} ({covered} rescanned)")
         else:
             say(f"{name}: failed with HTTP {status}")
             failed += 1
-    say(f"{NO_RESCAN} files need no rescan: SD.Next reads that folder when a model loads")
+    say(
+        f"no rescan endpoint for {', '.join(UNCOVERED)} at tag {PIN['tag']}: new files there show"
+        " after SD.Next's UI refresh or a restart (text encoders are read when a model loads)"
+    )
     return 1 if failed else 0
 
 

@@ -56,23 +56,24 @@ def test_the_pinned_tag_gets_its_three_rescans_and_a_note_for_unet(sdnext, capsy
     code, out = refresh(sdnext, capsys)
     assert code == 0, out
     assert posted(sdnext) == sorted(PINNED)
-    assert "this SD.Next has no refresh-unets: new UNET files show after its UI's refresh or a restart" in out
+    assert "no rescan endpoint for UNET, Text-encoder at tag 2026-01-22: new files there show after" in out
 
 
 def test_a_later_tag_answering_204_is_a_success(sdnext, capsys):
     sdnext.rescans, sdnext.answer = LATER, 204
     code, out = refresh(sdnext, capsys)
     assert code == 0, out
-    assert posted(sdnext) == sorted(LATER)
-    assert "refresh-unets: 204 (UNET rescanned)" in out
+    assert posted(sdnext) == sorted(PINNED)  # what the pin says this tag has (a bump adds more)
+    assert "refresh-vae: 204 (VAE rescanned)" in out
 
 
 def test_without_openapi_every_rescan_is_tried_and_404_is_a_note(sdnext, capsys):
     sdnext.openapi = False
+    sdnext.rescans = ("refresh-checkpoints", "refresh-loras")  # an SD.Next that lost refresh-vae
     code, out = refresh(sdnext, capsys)
     assert code == 0, out
-    assert posted(sdnext) == sorted(LATER)
-    assert "lists no API (/openapi.json)" in out and "this SD.Next has no refresh-unets" in out
+    assert posted(sdnext) == sorted(PINNED)
+    assert "lists no API (/openapi.json)" in out and "this SD.Next has no refresh-vae" in out
 
 
 def test_a_rescan_that_fails_is_a_failure(sdnext, capsys):

@@ -16,11 +16,15 @@ import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import tomllib
 
 NAME, ARGS = sys.argv[1], sys.argv[2:]
 RECORDS = os.environ["STANDIN_RECORDS"]
-# The rescan routes SD.Next has at the pinned tag 2026-01-22 (refresh-unets came 2026-03-22).
-SDNEXT_RESCANS = ("/sdapi/v1/refresh-checkpoints", "/sdapi/v1/refresh-vae", "/sdapi/v1/refresh-loras")
+# The rescan routes SD.Next has at the pinned tag, from the pin itself (refresh-unets came later).
+_PIN = Path(__file__).resolve().parent.parent.parent / "provision" / "sdnext_pin.toml"
+SDNEXT_RESCANS = tuple(f"/sdapi/v1/{name}" for name in tomllib.loads(_PIN.read_text())["rescans"])
 WS_MAGIC = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
