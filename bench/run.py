@@ -272,10 +272,10 @@ def main() -> None:
     print("| tool | wall s | MiB/s | CPU s | peak MiB | wall / provision | note |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for row in rows:
-        ratio = row.wall / ours.wall if row.size else float("nan")
+        ratio = f"{row.wall / ours.wall:.2f}" if row.size else "-"  # a re-run moves no model bytes
         print(
             f"| {row.tool} | {row.wall:.1f} | {row.throughput:.0f} | {row.cpu:.1f} | {row.peak_mib:.0f} |"
-            f" {ratio:.2f} | {row.note} |"
+            f" {ratio} | {row.note} |"
         )
     by_tool = {row.tool: row for row in rows}
     print()
