@@ -452,6 +452,13 @@ def test_a_gateway_that_keeps_dying_stops_the_container_with_a_reason(start):
     wait_for(lambda: runtime.tree_pids() == [], 10)
 
 
+def test_the_login_hash_is_cheap_enough_that_refused_logins_cannot_burn_the_cpu(start):
+    runtime = start(PASSWORD=PASSWORD)
+    caddyfile = (runtime.root / "run" / "gateway" / "Caddyfile").read_text()
+    assert re.search(r"admin \$2a\$10\$", caddyfile), "bcrypt cost 10 expected"
+    assert get(runtime, "sdnext", auth=("admin", PASSWORD)).status_code == 200
+
+
 def test_refused_logins_are_logged_without_secrets_and_granted_ones_are_not(start):
     runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
     get(runtime, "ttyd", "/refused-basic", auth=("admin", "a-wrong-password-1234"))
