@@ -14,8 +14,10 @@ In the same run it measures:
 - provision again with everything in place (model bytes the server sent: should be 0);
 - provision's peak memory on a 2 GiB file and on an 8 GiB file (flat in file size).
 
-Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree) and peak RSS,
-from wait4(). Not part of the test run; needs aria2c and curl (apt-get install aria2 curl).
+Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree), peak RSS (from
+/usr/bin/time, so each tool's own) and the requests the server served it. `--rate-mib 0` takes
+the cap off (the regime of a fast link). Not part of the test run; needs aria2c, curl and
+/usr/bin/time (apt-get install aria2 curl time).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Row:
     peak_mib: float
     size: int
     note: str = ""
+    requests: int = 0
 
     @property
     def throughput(self) -> float:
@@ -74,22 +77,33 @@ def make_file(path: Path, size_mib: int, seed: int) -> None:
     path.with_name(path.name + ".sha256").write_text(digest.hexdigest())
 
 
-def measure(tool: str, command: list[str], size: int, env: dict | None = None, note: str = "") -> Row:
-    start = time.monotonic()
-    process = subprocess.Popen(
-        command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.monotonic() - start
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{tool} failed ({status}): {stderr[-2000:]}")
-    return Row(tool, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, size, note)
+def measure(
+    tool: str, command: list[str], size: int, base: str, env: dict | None = None, note: str = ""
+) -> Row:
+    """Wall, CPU and peak RSS of one tool's process tree, and the requests the server saw.
+    /usr/bin/time forks the tool from its own small process: rusage straight from this one
+    would report our own peak RSS for every child (Linux carries ru_maxrss across exec)."""
+    requests_before = server_stats(base)[1]
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as timing:
+        timed = ["/usr/bin/time", "-f", "%U %S %M", "-o", timing.name, *command]
+        start = time.monotonic()
+        result = subprocess.run(
+            timed, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wall = time.monotonic() - start
+        if result.returncode != 0:
+            raise SystemExit(f"{tool} failed ({result.returncode}): {result.stderr.decode()[-2000:]}")
+        user, system, peak_kib = timing.read().split()[-3:]
+    row = Row(tool, wall, float(user) + float(system), int(peak_kib) / 1024, size, note)
+    row.requests = server_stats(base)[1] - requests_before
+    return row
 
 
-def server_bytes(base: str) -> int:
+def server_stats(base: str) -> tuple[int, int]:
+    """(body bytes sent, requests served) so far."""
     with urllib.request.urlopen(f"{base}/stats") as response:
-        return int(response.read())
+        sent, served = response.read().split()
+    return int(sent), int(served)
 
 
 def check(folder: Path, data: Path, names: list[str]) -> None:
@@ -131,7 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate-mib", type=float, default=16.0, help="per-connection cap, MiB/s (default 16)")
+    parser.add_argument(
+        "--rate-mib", type=float, default=16.0, help="per-connection cap, MiB/s (default 16; 0: uncapped)"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--scale", type=float, default=1.0, help="scale file sizes (0.1 for a quick try)")
     parser.add_argument("--skip-8g", action="store_true", help="skip the 2 GiB vs 8 GiB memory check")
@@ -176,11 +192,11 @@ def main() -> None:
         ws = fresh("provision")
         config = provision_config(base, names, work / "models.toml")
         ours_cmd = provision_command(config, ws, conns)
-        rows.append(measure("provision", ours_cmd, total, env={"PYTHONPATH": str(REPO)}))
+        rows.append(measure("provision", ours_cmd, total, base, env={"PYTHONPATH": str(REPO)}))
         check(ws, data, names)
-        before = server_bytes(base)
-        rerun = measure("provision (re-run)", ours_cmd, total, env={"PYTHONPATH": str(REPO)})
-        rerun.note = f"model bytes sent: {server_bytes(base) - before}"
+        before = server_stats(base)[0]
+        rerun = measure("provision (re-run)", ours_cmd, total, base, env={"PYTHONPATH": str(REPO)})
+        rerun.note = f"model bytes sent: {server_stats(base)[0] - before}"
         rerun.size = 0
         rows.append(rerun)
         shutil.rmtree(ws)
@@ -210,6 +226,7 @@ def main() -> None:
                         "--auto-file-renaming=false",
                     ],
                     total,
+                    base,
                     note=" ".join(options),
                 )
             )
@@ -218,7 +235,7 @@ def main() -> None:
 
         out = fresh("curl")
         script = " && ".join(f"curl -sS --fail -o {out / n} {base}/files/{n}" for n in names)
-        rows.append(measure("curl (sequential)", ["sh", "-c", script], total))
+        rows.append(measure("curl (sequential)", ["sh", "-c", script], total, base))
         check(out, data, names)
         shutil.rmtree(out)
 
@@ -233,6 +250,7 @@ def main() -> None:
                 "hf_hub_download",
                 [sys.executable, "-c", hf_script, str(out), *names],
                 total,
+                base,
                 env={
                     "HF_ENDPOINT": base,
                     "HF_HUB_DISABLE_XET": "1",
@@ -255,6 +273,7 @@ def main() -> None:
                         f"provision, {name.split('.')[0][3:]} file",
                         cmd,
                         (data / name).stat().st_size,
+                        base,
                         env={"PYTHONPATH": str(REPO)},
                     )
                 )
@@ -265,17 +284,19 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     ours = rows[0]
+    cap = f"per-connection cap {args.rate_mib:g} MiB/s" if args.rate_mib > 0 else "no rate cap"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"\n{len(names)} files, {total / MiB:.0f} MiB, per-connection cap {args.rate_mib:g} MiB/s,"
-        f" {args.connections} connections, {os.cpu_count()} cores\n"
+        f"\n{len(names)} files, {total / MiB:.0f} MiB, {cap}, {args.connections} connections,"
+        f" {os.cpu_count()} cores, load average {load}\n"
     )
-    print("| tool | wall s | MiB/s | CPU s | peak MiB | wall / provision | note |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| tool | wall s | MiB/s | CPU s | peak MiB | requests | wall / provision | note |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for row in rows:
         ratio = f"{row.wall / ours.wall:.2f}" if row.size else "-"  # a re-run moves no model bytes
         print(
             f"| {row.tool} | {row.wall:.1f} | {row.throughput:.0f} | {row.cpu:.1f} | {row.peak_mib:.0f} |"
-            f" {ratio} | {row.note} |"
+            f" {row.requests} | {ratio} | {row.note} |"
         )
     by_tool = {row.tool: row for row in rows}
     print()

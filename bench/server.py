@@ -6,7 +6,7 @@ CDN has), plus the Hugging Face resolve protocol in front of them for hf_hub_dow
 Serves on 127.0.0.1 only. GET /files/<name> (Range, ETag), HEAD/GET
 /bench/models/resolve/main/<name> (302 to /files/<name> with X-Repo-Commit, X-Linked-Etag =
 sha256, X-Linked-Size; the sha256 comes from <name>.sha256 beside the file).
-GET /stats answers the body bytes sent so far.
+GET /stats answers the body bytes sent and the requests served so far. RATE 0: no cap.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ COMMIT = "b" * 40
 STEP = 256 * 1024
 sent_lock = threading.Lock()
 sent_total = [0]
+requests_total = [0]  # file and resolve requests (what a CDN that limits requests counts)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,10 +39,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/stats":
-            body = str(sent_total[0]).encode()
+            body = f"{sent_total[0]} {requests_total[0]}".encode()
             self._headers(200, {"Content-Length": str(len(body))})
             self.wfile.write(body)
             return
+        with sent_lock:
+            requests_total[0] += 1
         match = re.match(r"^/bench/models/resolve/[^/]+/(.+)$", self.path)
         if match:
             self._resolve(match[1])
@@ -115,7 +118,7 @@ class Handler(BaseHTTPRequestHandler):
                 sent += n
                 with sent_lock:
                     sent_total[0] += n
-                ahead = sent / RATE - (time.monotonic() - began)
+                ahead = sent / RATE - (time.monotonic() - began) if RATE > 0 else 0
                 if ahead > 0:
                     time.sleep(ahead)
 
