@@ -249,7 +249,7 @@ class Transfer:
     def _piece_size(self, total: int | None) -> int:
         if not total:
             return MIN_PIECE  # learn the size from a small first answer
-        return max(MIN_PIECE, min(MAX_PIECE, total // (self.engine.per_file * 4)))
+        return max(MIN_PIECE, min(MAX_PIECE, total // (self.engine.per_file * 2)))
 
     def _write_body(self, response: requests.Response, start: int, end: int | None) -> int:
         """Write the body at `start` up to `end`; returns bytes written. Raises on a short body."""
