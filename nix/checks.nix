@@ -31,16 +31,7 @@ let
       ../schema
     ];
   };
-  python = python3.withPackages (ps: [
-    ps.requests
-    ps.tqdm
-    ps.huggingface-hub
-    ps.gdown
-    ps.pytest
-    ps.pyelftools # reads the ELF files of a test wheel like nix/sdnext/wheel_manifest.py
-    ps.pyte # renders provision's terminal output in tests/test_terminal.py
-    ps.jsonschema # checks the examples against schema/models.schema.json
-  ]);
+  python = python3.withPackages (import ./test-python.nix);
 in
 {
   pytest =

@@ -14,14 +14,7 @@
   ruff,
 }:
 let
-  python = python3.withPackages (ps: [
-    ps.requests
-    ps.tqdm
-    ps.huggingface-hub
-    ps.gdown
-    ps.pytest
-    ps.pyelftools
-  ]);
+  python = python3.withPackages (import ./test-python.nix);
 in
 mkShell {
   packages = [
