@@ -18,7 +18,7 @@ from .configsource import read_config
 from .http import TIMEOUT
 from .ondisk import offline_state
 from .plan import HuggingFaceSpec, Item, Plan
-from .records import ItemRecords, VerifiedRecords
+from .records import workspace_records
 from .report import FAILED, PLANNED, ItemResult, Report
 from .retry import RetryPolicy
 from .secrets import register_env_secrets
@@ -125,8 +125,7 @@ class Provisioner:
             else:
                 runnable.append(item)
         if self.dry_run and self.offline:
-            state = paths.state_dir(self.workspace)
-            done_before = ItemRecords(state / "items.json", VerifiedRecords(state / "verified.json"))
+            _, done_before = workspace_records(self.workspace)
             for item in runnable:
                 on_disk = offline_state(item.identity, item.dest, done_before)
                 report.results.append(

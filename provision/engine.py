@@ -42,6 +42,7 @@ import requests
 from .download import Download, FetchError
 from .hashing import hash_file
 from .http import UnsafeRedirect, new_session
+from .partfile import part_path
 from .records import VerifiedRecords
 from .retry import GaveUp, RetryPolicy, check_status, retrying
 from .secrets import redact
@@ -175,7 +176,7 @@ class Engine:
         if need is None:
             yield
             return
-        part = download.dest.with_name(download.dest.name + ".part")
+        part = part_path(download.dest)
         # The .part is sparse (preallocated to full length): count the blocks really on disk.
         have = part.stat().st_blocks * 512 if part.exists() else 0
         need = max(0, need - have)

@@ -67,5 +67,5 @@ def offline_state(identity: str, dest: Path, done_before: ItemRecords) -> OnDisk
         return OnDisk(IN_PLACE, sum(f.stat().st_size for f in files))
     if dest.is_file():
         return OnDisk(TO_CHECK)
-    part = PartFile(dest, "").peek_any() if dest.suffix else None
-    return OnDisk(PARTIAL, part[0]) if part and part[0] else OnDisk(MISSING)
+    state = PartFile(dest).peek(any_file=True) if dest.suffix else None
+    return OnDisk(PARTIAL, state.done.covered()) if state and state.done.covered() else OnDisk(MISSING)

@@ -20,6 +20,12 @@ from pathlib import Path
 from .ranges import Ranges
 
 SAVE_INTERVAL = 0.5
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+
+
+def part_path(dest: Path) -> Path:
+    """Where a download of `dest` is written until it is verified."""
+    return dest.with_name(dest.name + ".part")
 
 
 @dataclass
@@ -30,47 +36,44 @@ class PartState:
 
 
 class PartFile:
-    def __init__(self, dest: Path, identity: str):
+    def __init__(self, dest: Path, identity: str = ""):
         self.dest = dest
         self.identity = identity
-        self.path = dest.with_name(dest.name + ".part")
+        self.path = part_path(dest)
         self.state_path = self.path.with_name(self.path.name + ".state")
         self._last_save = 0.0
         self._save_lock = threading.Lock()
 
+    def _saved(self) -> tuple[str | None, PartState]:
+        """The state file as written (raises on anything unreadable)."""
+        saved = json.loads(self.state_path.read_text())
+        return saved.get("identity"), PartState(saved["total"], saved.get("validator"), Ranges(saved["done"]))
+
     def load(self, expected_size: int | None) -> PartState:
         """What an earlier run left, or a fresh state (and no files) when it cannot be trusted."""
         try:
-            saved = json.loads(self.state_path.read_text())
-            if saved.get("identity") != self.identity:
+            identity, state = self._saved()
+            if identity != self.identity:
                 raise ValueError("another file")
-            state = PartState(saved["total"], saved.get("validator"), Ranges(saved["done"]))
             if expected_size is not None and state.total != expected_size:
                 raise ValueError("size changed")
             if state.total is None or self.path.stat().st_size != state.total:
                 raise ValueError("part has the wrong length")
             return state
-        except (OSError, ValueError, KeyError, TypeError):
+        except _UNREADABLE:
             self.discard()
             return PartState()
 
-    def peek(self) -> PartState | None:
-        """The saved state when it is this file's, read only (a dry-run must change nothing)."""
+    def peek(self, any_file: bool = False) -> PartState | None:
+        """The saved state, read only (a dry-run or `status` must change nothing): when it is
+        this file's, or with `any_file` whichever file it is of (the name alone is known)."""
         try:
-            saved = json.loads(self.state_path.read_text())
-            if saved.get("identity") != self.identity or not self.path.exists():
-                return None
-            return PartState(saved["total"], saved.get("validator"), Ranges(saved["done"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            identity, state = self._saved()
+        except _UNREADABLE:
             return None
-
-    def peek_any(self) -> tuple[int, int] | None:
-        """(bytes on disk, total) of whatever partial download sits here, whichever file it is."""
-        try:
-            saved = json.loads(self.state_path.read_text())
-            return Ranges(saved["done"]).covered(), int(saved["total"] or 0)
-        except (OSError, ValueError, KeyError, TypeError):
+        if not any_file and (identity != self.identity or not self.path.exists()):
             return None
+        return state
 
     def discard(self) -> None:
         for path in (self.path, self.state_path):

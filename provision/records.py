@@ -13,6 +13,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import paths
 from .download import Checksum, Download
 
 
@@ -28,8 +29,12 @@ class Record:
     def checksum(self) -> Checksum:
         return Checksum(self.algorithm, self.value)
 
+    def unchanged(self, stat: os.stat_result) -> bool:
+        """The file is as it was when verified (same size and mtime)."""
+        return (stat.st_size, stat.st_mtime_ns) == (self.size, self.mtime_ns)
+
     def matches(self, stat: os.stat_result, download: Download) -> bool:
-        if (stat.st_size, stat.st_mtime_ns) != (self.size, self.mtime_ns):
+        if not self.unchanged(stat):
             return False
         if download.checksum is not None:
             return self.checksum == download.checksum
@@ -59,10 +64,7 @@ class VerifiedRecords:
             self.records[str(dest)] = record
             if self.path is None:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({k: asdict(v) for k, v in self.records.items()}, indent=1))
-            os.replace(tmp, self.path)
+            _write_json(self.path, {k: asdict(v) for k, v in self.records.items()})
 
 
 class ItemRecords:
@@ -92,14 +94,26 @@ class ItemRecords:
                 stat = os.stat(name)
             except OSError:
                 return None
-            if record is None or (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
+            if record is None or not record.unchanged(stat):
                 return None
         return [Path(name) for name in files]
 
     def store(self, identity: str, files: list[Path]) -> None:
         with self.lock:
             self.items[identity] = [str(f) for f in files]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.items, indent=1))
-            os.replace(tmp, self.path)
+            _write_json(self.path, self.items)
+
+
+def workspace_records(workspace: Path) -> tuple[VerifiedRecords, ItemRecords]:
+    """The verified files and the items' files recorded under `<workspace>/.provision/`."""
+    state = paths.state_dir(workspace)
+    verified = VerifiedRecords(state / "verified.json")
+    return verified, ItemRecords(state / "items.json", verified)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Replace the file atomically: a reader sees the old records or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .ondisk import IN_PLACE, MISSING, PARTIAL, REPLACE, TO_CHECK
 from .plan import Item
 from .secrets import redact
 
@@ -82,11 +83,7 @@ class Report:
             rows.append(
                 (f"{r.category}.{r.name}", human_size(r.size), seconds, speed, r.verified or "-", r.status)
             )
-        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-        lines = [
-            "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
-            for row in (headers, *rows)
-        ]
+        lines = columns(headers, rows)
         lines += [f"  {r.category}.{r.name}: {r.reason}" for r in self.results if r.status == FAILED]
         return redact("\n".join(lines))
 
@@ -96,11 +93,7 @@ class Report:
             (r.status, r.on_disk or "", r.category, r.name, r.source, human_size(r.size), r.dest)
             for r in self.results
         ]
-        widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-        lines = [
-            "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
-            for row in (headers, *rows)
-        ]
+        lines = columns(headers, rows)
         for r in self.results:
             if r.reason:
                 lines.append(f"  {r.category}.{r.name}: {r.reason}")
@@ -114,11 +107,10 @@ class Report:
         count = len(self.results)
         text = f"{count} item{'' if count == 1 else 's'}: " + (", ".join(parts) or "nothing to do")
         if self.dry_run and any(r.on_disk for r in self.results):
-            places = [r.on_disk.split(" ")[0] for r in self.results if r.on_disk]
-            kinds = ("in", "partial", "missing", "will", "to")
-            names = {"in": "in place", "will": "to replace", "to": "to check"}
-            found = [f"{places.count(k)} {names.get(k, k)}" for k in kinds if places.count(k)]
-            text += f" ({', '.join(found)})"
+            kinds = ((IN_PLACE, "in place"), (PARTIAL, "partial"), (MISSING, "missing"))
+            kinds += ((REPLACE, "to replace"), (TO_CHECK, "to check"))
+            counts = [(sum((r.on_disk or "").startswith(k) for r in self.results), name) for k, name in kinds]
+            text += f" ({', '.join(f'{n} {name}' for n, name in counts if n)})"
             if self.total_size:
                 text += f"; to download {human_size(self.to_download)} of {human_size(self.total_size)}"
             if self.free_bytes is not None:
@@ -130,6 +122,15 @@ class Report:
         if self.free_bytes is not None:
             text += f"; {human_size(self.free_bytes)} free on the models disk"
         return text
+
+
+def columns(headers: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    """A plain text table: each column as wide as its widest cell, two spaces between."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    return [
+        "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+        for row in (headers, *rows)
+    ]
 
 
 def human_size(size: int | None) -> str:

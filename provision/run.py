@@ -21,7 +21,7 @@ from .engine import Engine, FetchError
 from .ondisk import file_state, item_state
 from .plan import Item
 from .progress import make_progress
-from .records import ItemRecords, VerifiedRecords
+from .records import ItemRecords, VerifiedRecords, workspace_records
 from .report import FAILED, OK, PLANNED, SKIPPED, ItemResult, human_size
 from .retry import RetryPolicy
 from .secrets import redact
@@ -80,9 +80,7 @@ def execute(items: list[Item], settings: RunSettings) -> list[ItemResult]:
 
 def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> list[ItemResult]:
     work = [_Work(item) for item in items]
-    state = paths.state_dir(settings.workspace)
-    verified = VerifiedRecords(state / "verified.json")
-    done_before = ItemRecords(state / "items.json", verified)
+    verified, done_before = workspace_records(settings.workspace)
     if not (settings.dry_run or settings.update or settings.verify):
         for entry in work:
             entry.in_place = done_before.in_place(entry.item.identity)

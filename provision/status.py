@@ -18,9 +18,10 @@ from . import paths
 from .config import ConfigError
 from .configsource import default_source
 from .core import Provisioner
+from .ondisk import PARTIAL, OnDisk
 from .partfile import PartFile
-from .records import ItemRecords, VerifiedRecords
-from .report import human_size
+from .records import workspace_records
+from .report import columns, human_size
 
 
 @dataclass
@@ -33,12 +34,10 @@ class FileStatus:
 
 def survey(workspace: Path, config: str | None) -> list[FileStatus]:
     root = paths.models_root(workspace)
-    state = paths.state_dir(workspace)
-    verified = VerifiedRecords(state / "verified.json")
+    verified, recorded = workspace_records(workspace)
     owners: dict[str, str] = {}
     if config:
         provisioner = Provisioner(workspace, dry_run=True, offline=True)
-        recorded = ItemRecords(state / "items.json", verified)
         for item in provisioner.plan(config).items:
             for name in recorded.items.get(item.identity, []):
                 owners[name] = item.table
@@ -50,13 +49,11 @@ def survey(workspace: Path, config: str | None) -> list[FileStatus]:
                 continue
             stat = path.stat()
             if name.endswith(".part"):
-                peek = PartFile(path.with_name(name[: -len(".part")]), "").peek_any()
-                done = f" {100 * peek[0] // peek[1]}%" if peek and peek[1] else ""
-                shown = f"partial{done}"
+                part = PartFile(path.with_name(name.removesuffix(".part"))).peek(any_file=True)
+                shown = OnDisk(PARTIAL, part.done.covered()).label(part.total) if part else PARTIAL
             else:
                 record = verified.lookup(path)
-                matches = record and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-                shown = "verified" if matches else "unverified"
+                shown = "verified" if record and record.unchanged(stat) else "unverified"
             owner = owners.get(str(path), "-") if config else None
             found.append(FileStatus(str(path.relative_to(root)), stat.st_size, shown, owner))
     return found
@@ -84,9 +81,7 @@ def main(argv: list[str]) -> int:
         return 0
     rows = [(f.path, human_size(f.size), f.state, *([f.owner] if f.owner is not None else [])) for f in files]
     headers = ("FILE", "SIZE", "STATE", *(["ITEM"] if any(f.owner is not None for f in files) else []))
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    for row in (headers, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+    print("\n".join(columns(headers, rows)))
     unowned = sum(f.owner == "-" for f in files)
     print(
         f"{len(files)} files under {paths.models_root(workspace)}"
