@@ -217,21 +217,15 @@ def _huggingface(entry, where, env, report) -> HuggingFaceSpec | None:
             if key in entry:
                 report(f'{where}.{key}: filters whole repositories, but "url" names one file; drop it')
                 return None
-        gated = entry.get("gated", False)
-        if not isinstance(gated, bool):
-            report(f"{where}.gated: must be true or false")
-            return None
-        return dataclasses.replace(spec, gated=gated)
+        gated = _flag(entry, "gated", where, report)
+        return None if gated is None else dataclasses.replace(spec, gated=gated)
     repo = _string(entry, "repo", where, report, required=True)
     file = _string(entry, "file", where, report)
     revision = _string(entry, "revision", where, report) or "main"
     if not _REVISION.fullmatch(revision) or ".." in revision.split("/"):
         report(f'{where}.revision: {revision!r} is not a branch, tag or commit (like "main" or "v1.0")')
         return None
-    gated = entry.get("gated", False)
-    if not isinstance(gated, bool):
-        report(f"{where}.gated: must be true or false")
-        gated = False
+    gated = bool(_flag(entry, "gated", where, report))
     include = _string_list(entry, "include", where, report)
     exclude = _string_list(entry, "exclude", where, report)
     if repo is not None and not _REPO_ID.match(repo):
@@ -364,6 +358,15 @@ def _string_list(entry, key, where, report) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         report(f'{where}.{key}: must be a list of glob patterns, like ["*.json", "unet/*"]')
         return []
+    return value
+
+
+def _flag(entry, key, where, report) -> bool | None:
+    """A true/false key (false when missing); None after reporting a value of another kind."""
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        report(f"{where}.{key}: must be true or false")
+        return None
     return value
 
 

@@ -50,6 +50,28 @@ def available_rescans(base: str) -> set[str] | None:
     return {name for name in RESCANS if f"/sdapi/v1/{name}" in paths}
 
 
+def rescan(base: str, name: str, folders: list[str], listed: set[str] | None) -> bool:
+    """Ask for one rescan; False only when this SD.Next has the endpoint and it failed."""
+    covered = " and ".join(folders)
+    absent = f"this SD.Next has no {name}: new {covered} files show after its UI's refresh or a restart"
+    if listed is not None and name not in listed:
+        say(absent)
+        return True
+    try:
+        status = requests.post(f"{base}/sdapi/v1/{name}", timeout=300).status_code
+    except requests.RequestException as err:
+        say(f"{name}: {type(err).__name__}")
+        return False
+    if listed is None and status in (404, 405):
+        say(absent)
+        return True
+    if 200 <= status < 300:
+        say(f"{name}: {status} ({covered} rescanned)")
+        return True
+    say(f"{name}: failed with HTTP {status}")
+    return False
+
+
 def say(text: str) -> None:
     print(f"sdnext-refresh: {text}", flush=True)
 
@@ -70,25 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     available = available_rescans(base)
     if available is None:
         say("SD.Next lists no API (/openapi.json): trying every rescan it has had")
-    failed = 0
-    for name, folders in RESCANS.items():
-        covered = " and ".join(folders)
-        if available is not None and name not in available:
-            say(f"this SD.Next has no {name}: new {covered} files show after its UI's refresh or a restart")
-            continue
-        try:
-            status = requests.post(f"{base}/sdapi/v1/{name}", timeout=300).status_code
-        except requests.RequestException as err:
-            say(f"{name}: {type(err).__name__}")
-            failed += 1
-            continue
-        if available is None and status in (404, 405):
-            say(f"this SD.Next has no {name}: new {covered} files show after its UI's refresh or a restart")
-        elif 200 <= status < 300:
-            say(f"{name}: {status} ({covered} rescanned)")
-        else:
-            say(f"{name}: failed with HTTP {status}")
-            failed += 1
+    failed = sum(not rescan(base, name, folders, available) for name, folders in RESCANS.items())
     say(
         f"no rescan endpoint for {', '.join(UNCOVERED)} at tag {PIN['tag']}: new files there show"
         " after SD.Next's UI refresh or a restart (text encoders are read when a model loads)"
