@@ -6,8 +6,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from . import __version__, categories, paths
 from .config import ConfigError
@@ -20,11 +21,14 @@ from .workspacelock import WorkspaceBusy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("provision")
+T = TypeVar("T")
 
 
 EPILOG = """\
 examples:
   provision models.toml --dry-run --offline    lint: no network, nothing written
+  provision lock models.toml                   pin every item in models.lock
+  provision models.toml --locked               the locked files, or refuse
   provision status models.toml                 the model folders, file by file
   PROVISION_URL=https://example.com/m.toml provision --jobs 3
 
@@ -32,6 +36,7 @@ environment:
   HF_TOKEN, CIVITAI_TOKEN   tokens, sent only to their own service, never logged
   WORKSPACE                 the workspace (default /workspace)
   PROVISION_URL             the config, when none is given
+  PROVISION_LOCK_URL        its lock (same URL rules), unless --lock-file
   HF_ENDPOINT, CIVITAI_ENDPOINT, GDRIVE_ENDPOINT
                             other base URLs (mirrors, tests)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, SSL_CERT_FILE
@@ -105,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail at once when another provision is working on the workspace (default: wait for it)",
     )
+    parser.add_argument(
+        "--lock-file",
+        help="the lock: a path or URL (default: beside the config, models.toml -> models.lock;"
+        " $PROVISION_LOCK_URL when set)",
+    )
+    parser.add_argument(
+        "--locked",
+        action="store_true",
+        help="refuse to run unless the lock exists and matches the config (CI, the image)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan/report as JSON on stdout")
     parser.add_argument("--log-file", type=Path, help="log file (default: <workspace>/logs/provision.log)")
     noise = parser.add_mutually_exclusive_group()
@@ -126,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         from .status import main as status  # the model folders as SD.Next will see them
 
         return status(argv[1:])
+    if argv[:1] == ["lock"]:
+        from .lockcli import main as lock  # `provision lock CONFIG`: write models.lock
+
+        return lock(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_folders:
@@ -149,31 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         update=args.update,
         only=args.only,
         force=args.force,
+        lock_file=args.lock_file or os.environ.get("PROVISION_LOCK_URL") or None,
     )
     workspace = provisioner.workspace
     if workspace.exists() and not workspace.is_dir():
         parser.error(f"--workspace {workspace}: is a file, not a folder; give the workspace folder")
     # A dry-run writes nothing into the workspace unless a log file is asked for explicitly.
     log_file = args.log_file or (None if args.dry_run else paths.log_file(workspace))
-    verbosity = -1 if args.quiet else 1 if args.verbose else 0
-    warning = setup_logging(log_file, verbosity=verbosity)
-    if warning:
-        log.warning(warning)
-
+    start_logging(log_file, args)
     log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
-    try:
-        with stop_on_signals():
-            report = provisioner.run(config)
-    except ConfigError as err:
-        for problem in err.problems:
-            log.error(f"error: {problem}")
-        log.error(f"{len(err.problems)} problem(s) in the configuration; nothing was downloaded")
-        return EXIT_USAGE
-    except WorkspaceBusy as err:
-        log.error(f"error: {err}")
-        return EXIT_FAILED
-    except (Interrupted, KeyboardInterrupt) as stop:
-        _leave_interrupted(stop)
+    report, failure = guarded(lambda: provisioner.run(config, locked=args.locked))
+    if failure is not None:
+        return failure
 
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
@@ -186,6 +192,31 @@ def main(argv: list[str] | None = None) -> int:
     for result in report.failed:
         log.error(f"failed: {result.category}.{result.name}: {result.reason}")
     return report.exit_code
+
+
+def start_logging(log_file: Path | None, args: argparse.Namespace) -> None:
+    """The console (by --quiet/--verbose) and the log file."""
+    warning = setup_logging(log_file, verbosity=-1 if args.quiet else 1 if args.verbose else 0)
+    if warning:
+        log.warning(warning)
+
+
+def guarded(action: Callable[[], T]) -> tuple[T, None] | tuple[None, int]:
+    """Run the action under Ctrl-C/SIGTERM handling: (its result, None), or (None, the exit
+    code) after saying why for a bad config or a busy workspace."""
+    try:
+        with stop_on_signals():
+            return action(), None
+    except ConfigError as err:
+        for problem in err.problems:
+            log.error(f"error: {problem}")
+        log.error(f"{len(err.problems)} problem(s) in the configuration; nothing was downloaded")
+        return None, EXIT_USAGE
+    except WorkspaceBusy as err:
+        log.error(f"error: {err}")
+        return None, EXIT_FAILED
+    except (Interrupted, KeyboardInterrupt) as stop:
+        _leave_interrupted(stop)
 
 
 def _leave_interrupted(stop: BaseException) -> NoReturn:

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import paths
+from . import configsource, lockfile, paths
 from .config import ConfigError, LintEnvironment, load_plan
 from .configsource import read_config
 from .http import TIMEOUT
@@ -21,7 +21,7 @@ from .plan import HuggingFaceSpec, Item, Plan
 from .records import workspace_records
 from .report import FAILED, PLANNED, ItemResult, Report
 from .retry import RetryPolicy
-from .secrets import register_env_secrets
+from .secrets import redact, register_env_secrets
 from .workspacelock import workspace_lock
 
 log = logging.getLogger("provision")
@@ -57,6 +57,7 @@ class Provisioner:
         update: bool = False,
         only: list[str] | None = None,
         force: bool = False,
+        lock_file: str | Path | None = None,
     ):
         if jobs < 1 or connections < 1:
             raise ValueError("jobs and connections must be at least 1")
@@ -76,6 +77,7 @@ class Provisioner:
         self.update = update
         self.only = only or []  # globs over "category/name": the items to work on (all: empty)
         self.force = force  # fetch again even what is in place
+        self.lock_file = lock_file  # a path or URL; None: beside the config (models.lock)
         self.per_file = min(PER_FILE_CONNECTIONS, connections)
         self.retry = retry or RetryPolicy.from_env()
         # PROVISION_READ_TIMEOUT: seconds without a byte before a connection counts as stalled.
@@ -101,29 +103,27 @@ class Provisioner:
             log.warning(f"warning: {warning}")
         return plan
 
-    def run(self, config: str | Path) -> Report:
+    def lock_path(self, config: str | Path) -> str:
+        """Where the config's lock is: `lock_file` if given, else beside the config."""
+        return str(self.lock_file or lockfile.default_lock_path(str(config)))
+
+    def run(self, config: str | Path, *, locked: bool = False) -> Report:
+        """Plan, resolve and fetch. With a lock beside the config (or `lock_file`), its items
+        are fetched exactly as locked, and the lock follows the config's added and removed
+        items; `locked=True` refuses a lock that is missing or out of date instead."""
         plan = self.plan(config)
+        lock, where = self._existing_lock(config)
+        if locked:
+            _check_up_to_date(lock, where, plan, config)
+        if lock is not None:
+            lockfile.attach(plan, lock)
+            diff = lockfile.compare(lock, plan)
+            log.info(f"using the lock {where}" + (f" ({diff.describe()})" if not diff.up_to_date else ""))
+        every_item = list(plan.items)
         if self.only:
-            chosen = [
-                i for i in plan.items if any(fnmatch.fnmatch(f"{i.category}/{i.name}", p) for p in self.only)
-            ]
-            if not chosen:
-                names = ", ".join(f"{i.category}/{i.name}" for i in plan.items)
-                raise ConfigError([f"--only {' '.join(self.only)}: matches no item (the items: {names})"])
-            plan.items = chosen
+            plan.items = self._chosen(plan.items, self.only)
         report = Report(warnings=list(plan.warnings), dry_run=self.dry_run)
-        runnable: list[Item] = []
-        for item in plan.items:
-            problem = preflight(item)
-            if problem and self.dry_run and self.offline:
-                # The lint passes a correct config; the token is this machine's business.
-                log.warning(f"warning: {item.table}: {problem} (a real run fails this item until then)")
-                report.warnings.append(f"{item.table}: {problem}")
-                runnable.append(item)
-            elif problem:
-                report.results.append(ItemResult.for_item(item, FAILED, reason=problem))
-            else:
-                runnable.append(item)
+        runnable = self._preflight(plan.items, report)
         if self.dry_run and self.offline:
             _, done_before = workspace_records(self.workspace)
             for item in runnable:
@@ -134,32 +134,148 @@ class Provisioner:
                     )
                 )
         else:
-            from .run import RunSettings, execute  # the network half: sources and the engine
-
-            settings = RunSettings(
-                workspace=self.workspace,
-                jobs=self.jobs,
-                connections=self.connections,
-                per_file=self.per_file,
-                retry=self.retry,
-                timeout=self.timeout,
-                dry_run=self.dry_run,
-                update=self.update or self.force,
-                verify=self.verify,
-                force=self.force,
-                progress=self.progress,
-            )
-            if self.dry_run:
-                report.results.extend(execute(runnable, settings))
-            else:
-                with workspace_lock(paths.state_dir(self.workspace), wait=self.wait):
-                    report.results.extend(execute(runnable, settings))
+            settings = self._settings(for_lock=lock is not None, drift_hint=self._upgrade_command(config))
+            outcome = self._execute(runnable, settings)
+            report.results.extend(outcome.results)
+            if lock is not None and not self.dry_run and not configsource.is_remote(where):
+                plan.items = every_item
+                self._update_lock(lock, where, plan, outcome, config)
         # Keep the config's order whatever order the work finished in.
-        order = {(i.category, i.name): n for n, i in enumerate(plan.items)}
+        order = {(i.category, i.name): n for n, i in enumerate(every_item)}
         report.results.sort(key=lambda r: order[(r.category, r.name)])
         if self.dry_run:
             report.free_bytes = free_space(self.models_root)
         return report
+
+    def lock(self, config: str | Path, *, upgrade: bool = False) -> lockfile.Lock:
+        """Resolve every item the lock does not pin yet (with `upgrade`: every item, or those
+        matching `only`) and write the lock. Metadata only, except for files whose source
+        publishes no sha256: those are hashed from disk when verified there, else downloaded
+        into place. Raises LockFailed when an item cannot be resolved (nothing written)."""
+        plan = self.plan(config)
+        where = self.lock_path(config)
+        if configsource.is_remote(where):
+            raise ConfigError([f"{redact(where)}: a lock is written to a local file: give --lock-file PATH"])
+        old = lockfile.read_lock(where) if Path(where).exists() else None
+        if old is not None:
+            again = plan.items if upgrade and not self.only else []
+            if upgrade and self.only:
+                again = self._chosen(plan.items, self.only)
+            lockfile.attach(plan, old, except_names={lockfile.item_name(i) for i in again})
+        report = Report(warnings=list(plan.warnings))
+        pending = self._preflight([i for i in plan.items if i.locked is None], report)
+        outcome = self._execute(pending, self._settings(lock_only=True, update=True, dry_run=False))
+        report.results.extend(outcome.results)
+        if report.failed:
+            raise LockFailed(report)
+        new = lockfile.merged(old, plan, self._locked_files(plan, outcome))
+        lockfile.write_lock(Path(where), new, str(config))
+        return new
+
+    # --- the steps run and lock share -----------------------------------------------------------
+
+    def _existing_lock(self, config: str | Path) -> tuple[lockfile.Lock | None, str]:
+        where = self.lock_path(config)
+        if self.lock_file is None and not Path(where).exists():
+            return None, where
+        if not configsource.is_remote(where) and not Path(where).exists():
+            raise ConfigError([f"--lock-file {where}: no such file: create it with `provision lock`"])
+        return lockfile.read_lock(where), where
+
+    def _chosen(self, items: list[Item], patterns: list[str]) -> list[Item]:
+        chosen = [i for i in items if any(fnmatch.fnmatch(lockfile.item_name(i), p) for p in patterns)]
+        if not chosen:
+            names = ", ".join(lockfile.item_name(i) for i in items)
+            raise ConfigError([f"--only {' '.join(patterns)}: matches no item (the items: {names})"])
+        return chosen
+
+    def _preflight(self, items: list[Item], report: Report) -> list[Item]:
+        runnable: list[Item] = []
+        for item in items:
+            problem = preflight(item)
+            if problem and self.dry_run and self.offline:
+                # The lint passes a correct config; the token is this machine's business.
+                log.warning(f"warning: {item.table}: {problem} (a real run fails this item until then)")
+                report.warnings.append(f"{item.table}: {problem}")
+                runnable.append(item)
+            elif problem:
+                report.results.append(ItemResult.for_item(item, FAILED, reason=problem))
+            else:
+                runnable.append(item)
+        return runnable
+
+    def _settings(self, **overrides):
+        from .run import RunSettings  # the network half: sources and the engine
+
+        values = {
+            "workspace": self.workspace,
+            "jobs": self.jobs,
+            "connections": self.connections,
+            "per_file": self.per_file,
+            "retry": self.retry,
+            "timeout": self.timeout,
+            "dry_run": self.dry_run,
+            "update": self.update or self.force,
+            "verify": self.verify,
+            "force": self.force,
+            "progress": self.progress,
+        }
+        return RunSettings(**{**values, **overrides})
+
+    def _execute(self, items: list[Item], settings):
+        from .run import execute
+
+        if self.dry_run:
+            return execute(items, settings)
+        with workspace_lock(paths.state_dir(self.workspace), wait=self.wait):
+            return execute(items, settings)
+
+    def _locked_files(self, plan: Plan, outcome) -> dict[str, list[lockfile.LockedFile]]:
+        """Lock entries for the items this run resolved (not those it took from the lock)."""
+        unlocked = {lockfile.item_name(i): i for i in plan.items if i.locked is None}
+        entries = {
+            name: lockfile.locked_files(unlocked[name], plan.models_root, files)
+            for name, files in outcome.resolved.items()
+            if name in unlocked
+        }
+        for files in entries.values():
+            for file in files:
+                if file.sha256_from == lockfile.FROM_DISK:
+                    log.info(f"{file.item}: {file.path}: no sha256 published; hashed the file on disk")
+                elif file.sha256_from == lockfile.FROM_DOWNLOAD:
+                    log.info(f"{file.item}: {file.path}: no sha256 published; downloaded it to hash it")
+        return entries
+
+    def _upgrade_command(self, config: str | Path) -> str:
+        lock_file = f" --lock-file {redact(str(self.lock_file))}" if self.lock_file else ""
+        return f"provision lock {redact(str(config))}{lock_file} --upgrade --only {{item}}"
+
+    def _update_lock(self, lock: lockfile.Lock, where: str, plan: Plan, outcome, config) -> None:
+        new = lockfile.merged(lock, plan, self._locked_files(plan, outcome))
+        if new != lock:
+            lockfile.write_lock(Path(where), new, str(config))
+            log.info(f"updated the lock {where}: {len(new.items)} items, {len(new.files)} files")
+
+
+class LockFailed(Exception):
+    """Some item could not be resolved: no lock was written. `report` says which and why."""
+
+    def __init__(self, report: Report):
+        self.report = report
+        super().__init__("; ".join(f"{r.category}/{r.name}: {r.reason}" for r in report.failed))
+
+
+def _check_up_to_date(lock: lockfile.Lock | None, where: str, plan: Plan, config: str | Path) -> None:
+    if lock is None:
+        raise ConfigError([f"--locked: there is no lock {where}: create it with `provision lock {config}`"])
+    diff = lockfile.compare(lock, plan)
+    if not diff.up_to_date:
+        raise ConfigError(
+            [
+                f"--locked: the lock {redact(where)} is out of date with the config ({diff.describe()}):"
+                f" run `provision lock {redact(str(config))}` and commit the lock"
+            ]
+        )
 
 
 def preflight(item: Item) -> str | None:

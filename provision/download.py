@@ -28,6 +28,10 @@ class Download:
     # A stable name for what this file is (repo@commit:path, civitai file id, URL): a file
     # recorded as verified for another identity is checked again.
     identity: str = ""
+    # What the source resolved the file to, as the lock writes it (lockfile.PIN_KEYS): Hub repo,
+    # file and commit; CivitAI model, version and file ids; a URL's final URL and ETag.
+    pin: dict[str, str | int] = field(default_factory=dict)
+    locked: bool = False  # fetched as a lock entry says: a mismatch is drift from the lock
     # Maps an HTTP status of the download request to a message a person can act on.
     explain: Callable[[int], str | None] | None = field(default=None, repr=False)
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .secrets import redact
+from .secrets import without_secrets
+
+if TYPE_CHECKING:
+    from .lockfile import LockedFile
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class Item:
     spec: Spec
     folder: Path  # absolute destination folder
     filename: str | None  # None until a server names the file (or for whole repositories)
+    # The files a lock (lockfile.py) pins this item to: fetched as locked, without resolving.
+    locked: tuple[LockedFile, ...] | None = None
 
     @property
     def source(self) -> str:
@@ -80,24 +87,34 @@ class Item:
         return f"CivitAI id from {self.spec.id_from}" if isinstance(self.spec, CivitaiSpec) else None
 
     @property
-    def identity(self) -> str:
-        """What the config asks for and where it goes, as one stable string: a file recorded as
-        done for this identity needs no request on the next run (records.py, ItemRecords)."""
+    def asked(self) -> str:
+        """What the config asks for, as one stable string (no secret, no host path)."""
         spec = self.spec
         if isinstance(spec, HuggingFaceSpec):
             what = f"hf:{spec.repo}@{spec.revision}:{spec.file or '*'}:{','.join(spec.include)}:"
-            what += ",".join(spec.exclude)
-        elif isinstance(spec, CivitaiSpec):
-            what = f"civitai:{spec.version_id}:{spec.model_id}:{spec.file_type}:{spec.file_format}"
-        elif isinstance(spec, UrlSpec):
-            what = f"url:{redact(spec.url)}:{spec.sha256 or ''}"
-        else:
-            what = f"gdrive:{spec.file_id}"
-        return f"{what} -> {self.dest}"
+            return what + ",".join(spec.exclude)
+        if isinstance(spec, CivitaiSpec):
+            return f"civitai:{spec.version_id}:{spec.model_id}:{spec.file_type}:{spec.file_format}"
+        if isinstance(spec, UrlSpec):
+            return f"url:{without_secrets(spec.url)}:{spec.sha256 or ''}"
+        return f"gdrive:{spec.file_id}"
+
+    @property
+    def identity(self) -> str:
+        """What the config asks for, where it goes, and the lock entry it follows: a file
+        recorded as done for this identity needs no request on the next run (records.py,
+        ItemRecords); a new lock entry makes it a new identity."""
+        pinned = f" locked:{lock_digest(self.locked)}" if self.locked is not None else ""
+        return f"{self.asked} -> {self.dest}{pinned}"
 
     @property
     def is_repository(self) -> bool:
         return isinstance(self.spec, HuggingFaceSpec) and self.spec.file is None
+
+
+def lock_digest(files: tuple[LockedFile, ...]) -> str:
+    text = "\n".join(f"{f.path}:{f.size}:{f.sha256 or f.git_blob}:{sorted(f.pin.items())}" for f in files)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

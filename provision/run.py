@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .download import Download
+from .download import Checksum, Download
 from .engine import Engine, FetchError
 from .ondisk import file_state, item_state
 from .plan import Item
@@ -45,6 +45,21 @@ class RunSettings:
     verify: bool = False
     force: bool = False  # fetch again what is in place (the old file stays until the new one is verified)
     progress: bool | None = None  # None: bars on a terminal, log lines otherwise
+    # A lock is in use: items not pinned by it are resolved (never taken from the records) so
+    # the lock can record what they resolved to.
+    for_lock: bool = False
+    # `provision lock`: resolve, and fetch only the files whose source publishes no hash.
+    lock_only: bool = False
+    # What to run when a locked file differs from its source ({item} is category/name).
+    drift_hint: str | None = None
+
+
+@dataclass
+class Outcome:
+    results: list[ItemResult]
+    # Per item (category/name) that ended well, its files: (download, checksum verified or
+    # published, the engine's status or None when not fetched). What a lock records.
+    resolved: dict[str, list[tuple[Download, Checksum | None, str | None]]]
 
 
 @dataclass
@@ -58,6 +73,8 @@ class _Work:
     statuses: list[str] = field(default_factory=list)
     in_place: list[Path] | None = None  # recorded as done by an earlier run: no request needed
     checks: set[str] = field(default_factory=set)  # how its files were verified
+    fetching: int = 0  # files handed to the engine
+    fetched: dict[Path, tuple[Checksum | None, str]] = field(default_factory=dict)
 
     @property
     def files(self) -> list[Path]:
@@ -70,7 +87,7 @@ class _Work:
         return self.files[0] if single else self.item.dest
 
 
-def execute(items: list[Item], settings: RunSettings) -> list[ItemResult]:
+def execute(items: list[Item], settings: RunSettings) -> Outcome:
     ctx = Context(retry=settings.retry, timeout=settings.timeout)
     try:
         return _execute(items, settings, ctx)
@@ -78,12 +95,13 @@ def execute(items: list[Item], settings: RunSettings) -> list[ItemResult]:
         ctx.session.close()
 
 
-def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> list[ItemResult]:
+def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> Outcome:
     work = [_Work(item) for item in items]
     verified, done_before = workspace_records(settings.workspace)
-    if not (settings.dry_run or settings.update or settings.verify):
+    if not (settings.dry_run or settings.update or settings.verify or settings.lock_only):
         for entry in work:
-            entry.in_place = done_before.in_place(entry.item.identity)
+            if entry.item.locked is not None or not settings.for_lock:
+                entry.in_place = done_before.in_place(entry.item.identity)
     pending = [entry for entry in work if entry.in_place is None]
     token_problems = check_tokens([entry.item for entry in pending], ctx)
     for entry in pending:
@@ -108,8 +126,16 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> list[Ite
             log.error(f"{entry.item.table}: {entry.error}")
 
     if settings.dry_run:
-        return [_planned(entry, verified) for entry in work]
-    return _fetch_all(work, settings, verified, done_before)
+        return Outcome([_planned(entry, verified) for entry in work], {})
+    results = _fetch_all(work, settings, verified, done_before)
+    resolved = {
+        f"{entry.item.category}/{entry.item.name}": [
+            (d, *entry.fetched.get(d.dest, (d.checksum, None))) for d in entry.downloads
+        ]
+        for entry in work
+        if not entry.error and entry.in_place is None
+    }
+    return Outcome(results, resolved)
 
 
 def _refuse_shared_destinations(work: list[_Work]) -> None:
@@ -169,7 +195,10 @@ def _fetch_all(
         for entry in work
         if not entry.error and entry.in_place is None
         for download in entry.downloads
+        if not settings.lock_only or download.checksum is None
     ]
+    for entry, _download in jobs:
+        entry.fetching += 1
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
@@ -197,6 +226,12 @@ def _fetch_all(
             result = engine.fetch(download, progress)
         except FetchError as err:
             error = f"{download.dest.name}: {redact(str(err))}"
+            if download.locked and settings.drift_hint:
+                item = f"{entry.item.category}/{entry.item.name}"
+                error += (
+                    f"; the lock pins {item} to these bytes: if the source changed them on purpose,"
+                    f" run `{settings.drift_hint.format(item=item)}`"
+                )
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 error = (
@@ -212,14 +247,16 @@ def _fetch_all(
                 entry.bytes += result.bytes
                 entry.statuses.append(result.status)
                 entry.checks.add(result.verified)
+                record = verified.lookup(download.dest)
+                entry.fetched[download.dest] = (record.checksum if record else None, result.status)
             else:
                 entry.error = entry.error or error
                 entry.statuses.append(FAILED)
             entry.finished = time.monotonic()
-            last = len(entry.statuses) == len(entry.downloads)
+            last = len(entry.statuses) == entry.fetching
         if last:
             _log_end(entry)
-            if not entry.error:
+            if not entry.error and not settings.lock_only:
                 done_before.store(entry.item.identity, entry.files)
 
     try:

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 # Environment variables whose values are secrets wherever they show up.
 SECRET_ENV_VARS = ("HF_TOKEN", "CIVITAI_TOKEN", "PASSWORD", "OPEN_BUTTON_TOKEN")
@@ -19,10 +20,12 @@ _MASK = "***"
 _lock = threading.Lock()
 _known: set[str] = set()
 
-_QUERY_SECRET = re.compile(
-    r"(?i)([?&;](?:token|access_token|api_key|apikey|key|sig|signature|x-amz-signature"
-    r"|x-amz-credential|x-amz-security-token|auth|password)=)[^&#\s\"']+"
+_SECRET_PARAMS = (
+    "token|access_token|api_key|apikey|key|sig|signature|x-amz-signature"
+    "|x-amz-credential|x-amz-security-token|auth|password"
 )
+_QUERY_SECRET = re.compile(rf"(?i)([?&;](?:{_SECRET_PARAMS})=)[^&#\s\"']+")
+_SECRET_PARAM = re.compile(rf"(?i)^(?:{_SECRET_PARAMS})$")
 _URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s\"']+@")
 
 
@@ -37,6 +40,17 @@ def register_env_secrets(env: dict[str, str] | os._Environ | None = None) -> Non
     env = os.environ if env is None else env
     for name in SECRET_ENV_VARS:
         register_secret(env.get(name))
+
+
+def without_secrets(url: str) -> str:
+    """A URL fit to be written down for good (a lock file): secret query parameters and
+    `user:password@` removed, not masked, and any known secret value masked."""
+    parts = urlsplit(url)
+    query = "&".join(
+        pair for pair in parts.query.split("&") if pair and not _SECRET_PARAM.match(pair.split("=", 1)[0])
+    )
+    netloc = parts.netloc.rpartition("@")[2]
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
 def redact(text: str) -> str:

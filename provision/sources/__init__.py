@@ -49,6 +49,10 @@ class Context:
 
 
 def resolve(item: Item, ctx: Context) -> list[Download]:
+    if item.locked is not None:  # the lock says which files: no metadata to ask for
+        from . import locked
+
+        return locked.resolve(item, ctx)
     # Imported on first use: huggingface_hub costs memory and start-up time a URL-only run skips.
     module_name = {
         HuggingFaceSpec: "huggingface",

@@ -26,7 +26,7 @@ def base() -> str:
     return endpoint(os.environ, "CIVITAI_ENDPOINT", DEFAULT_CIVITAI_ENDPOINT)
 
 
-def _headers() -> dict[str, str]:
+def headers() -> dict[str, str]:
     token = os.environ.get("CIVITAI_TOKEN")
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -55,18 +55,26 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
     size_kb = chosen.get("sizeKB")
     # Always name the file: without fileId CivitAI picks one by the account's preferences (fp8 or
     # bf16, pruned or full), which may not be the file whose sha256 was just read.
-    url = f"{base()}/api/download/models/{version_id}?{urlencode({'fileId': chosen.get('id')})}"
     return [
         Download(
-            url=url,
+            url=download_url(version_id, chosen.get("id")),
             dest=item.folder / name,
             checksum=Checksum("sha256", sha256) if sha256 else None,
             size_hint=int(size_kb * 1024) if isinstance(size_kb, int | float) else None,
-            headers=_headers(),
+            headers=headers(),
             identity=f"civitai:{version_id}:{chosen.get('id')}",
+            pin={
+                "model_id": int(version.get("modelId") or spec.model_id or 0),
+                "version_id": int(version_id),
+                "file_id": int(chosen.get("id") or 0),
+            },
             explain=lambda status: explain(status, f"version {version_id}"),
         )
     ]
+
+
+def download_url(version_id: int, file_id: int | None) -> str:
+    return f"{base()}/api/download/models/{version_id}?{urlencode({'fileId': file_id})}"
 
 
 def _newest_version(item: Item, spec: CivitaiSpec, ctx: Context) -> int:
@@ -101,7 +109,7 @@ def _choose_file(files: list[dict], spec: CivitaiSpec, version_id: int) -> dict:
 
 
 def _api(ctx: Context, path: str, what: str) -> dict:
-    response = ctx.get(f"{base()}{path}", headers=_headers())
+    response = ctx.get(f"{base()}{path}", headers=headers())
     with response:
         if response.status_code != 200:
             raise SourceError(
@@ -150,7 +158,7 @@ def _warn_about_category(item: Item, version_id: int, model_type: str | None) ->
 def check_token(ctx: Context) -> str | None:
     """As for HF_TOKEN: only a 401 is a problem; a check that cannot get through is a warning."""
     try:
-        response = ctx.get(f"{base()}/api/v1/me", headers=_headers())
+        response = ctx.get(f"{base()}/api/v1/me", headers=headers())
     except SourceError as err:
         log.warning(f"warning: cannot check CIVITAI_TOKEN at {base()} ({err}); going on without the check")
         return None

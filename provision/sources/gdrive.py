@@ -118,6 +118,7 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
             dest=item.folder / name,
             size=int(length) if length.isdigit() else None,
             identity=f"gdrive:{file_id}",
+            pin={"file_id": file_id},
             explain=lambda status: (
                 f"Google Drive answered {status} for file {file_id}: share it with 'Anyone with the link'"
             ),

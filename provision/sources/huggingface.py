@@ -64,9 +64,10 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
             dest=item.folder / item.filename,  # type: ignore[operator]
             size=meta.size,
             checksum=_checksum(meta.etag),
-            headers=_auth_headers(),
+            headers=auth_headers(),
             identity=f"hf:{spec.repo}@{commit}:{spec.file}",
-            explain=lambda status: _explain_status(status, spec),
+            pin={"repo": spec.repo, "file": spec.file, "commit": commit},
+            explain=lambda status: explain_status(status, spec),
         )
     ]
 
@@ -101,9 +102,10 @@ def _resolve_repository(item: Item, spec: HuggingFaceSpec, ctx: Context) -> list
                 dest=item.folder.joinpath(*safe),  # type: ignore[arg-type]
                 size=entry.size,
                 checksum=checksum,
-                headers=_auth_headers(),
+                headers=auth_headers(),
                 identity=f"hf:{spec.repo}@{commit}:{entry.path}",
-                explain=lambda status: _explain_status(status, spec),
+                pin={"repo": spec.repo, "file": entry.path, "commit": commit},
+                explain=lambda status: explain_status(status, spec),
             )
         )
     if not downloads:
@@ -189,7 +191,7 @@ def gated_message(spec: HuggingFaceSpec) -> str:
     )
 
 
-def _explain_status(status: int, spec: HuggingFaceSpec) -> str | None:
+def explain_status(status: int, spec: HuggingFaceSpec) -> str | None:
     if status == 403 or (status == 401 and spec.gated):
         return gated_message(spec)
     if status == 401:
@@ -208,7 +210,7 @@ def _checksum(etag: str | None) -> Checksum | None:
     return None
 
 
-def _auth_headers() -> dict[str, str]:
+def auth_headers() -> dict[str, str]:
     token = _token()
     return {"Authorization": f"Bearer {token}"} if token else {}
 

@@ -13,7 +13,7 @@ import requests
 from ..download import Checksum, Download
 from ..paths import safe_filename
 from ..plan import Item, UrlSpec
-from ..secrets import redact
+from ..secrets import redact, without_secrets
 from . import Context, SourceError
 
 
@@ -30,6 +30,12 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
             or safe_filename(item.name)
         )
         size = _size(response)
+        pin = {
+            "url": without_secrets(spec.url),
+            "final_url": without_secrets(response.url) if response.url != spec.url else None,
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+        }
     if spec.size is not None and size is not None and size != spec.size:
         raise SourceError(
             f"{redact(spec.url)} offers {size} bytes, but the config says size = {spec.size}: "
@@ -42,10 +48,15 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
             size=spec.size if spec.size is not None else size,
             checksum=Checksum("sha256", spec.sha256) if spec.sha256 else None,
             headers=dict(spec.headers),
-            identity=f"url:{redact(spec.url)}" + (f"#sha256={spec.sha256}" if spec.sha256 else ""),
+            identity=identity(spec),
+            pin={key: value for key, value in pin.items() if value},
             explain=lambda status: explain(status, spec.url),
         )
     ]
+
+
+def identity(spec: UrlSpec) -> str:
+    return f"url:{redact(spec.url)}" + (f"#sha256={spec.sha256}" if spec.sha256 else "")
 
 
 def _head(spec: UrlSpec, ctx: Context) -> requests.Response:

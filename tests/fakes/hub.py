@@ -26,6 +26,10 @@ class Repo:
     branches: tuple[str, ...] = ("main",)
     gated: bool = False
     accepted_tokens: set[str] = field(default_factory=set)  # tokens whose account accepted terms
+    older: dict[str, dict[str, bytes]] = field(default_factory=dict)  # earlier commits' files
+
+    def files_at(self, revision: str) -> dict[str, bytes]:
+        return self.older.get(revision, self.files)
 
 
 @dataclass
@@ -42,6 +46,15 @@ class FakeHub(FakeServer):
             if len(data) >= LFS_THRESHOLD and self.cdn is not None:
                 self.cdn.add(f"/lfs/{hashlib.sha256(data).hexdigest()}", data)
         return repo
+
+    def push(self, repo_id: str, files: dict[str, bytes], commit: str) -> None:
+        """A new commit on main: the old one stays reachable by its sha, as on the Hub."""
+        repo = self.repos[repo_id]
+        repo.older[repo.commit] = repo.files
+        repo.files, repo.commit = files, commit
+        for data in files.values():
+            if len(data) >= LFS_THRESHOLD and self.cdn is not None:
+                self.cdn.add(f"/lfs/{hashlib.sha256(data).hexdigest()}", data)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -75,7 +88,7 @@ class FakeHub(FakeServer):
                 "Access to model is restricted. You must have access to it and be authenticated to access it. Please log in.",
             )
             return None
-        if revision not in repo.branches and revision != repo.commit:
+        if revision not in repo.branches and revision != repo.commit and revision not in repo.older:
             self._error(h, 404, "RevisionNotFound", "Invalid rev id")
             return None
         return repo
@@ -113,11 +126,12 @@ class FakeHub(FakeServer):
         repo = self._find(h, repo_id, revision)
         if repo is None:
             return
-        data = repo.files.get(file)
+        data = repo.files_at(revision).get(file)
         if data is None:
             self._error(h, 404, "EntryNotFound", f'{file} does not exist on "{revision}"')
             return
-        headers = {"X-Repo-Commit": repo.commit}
+        commit = revision if revision in repo.older else repo.commit
+        headers = {"X-Repo-Commit": commit}
         if len(data) >= LFS_THRESHOLD and self.cdn is not None:
             sha = hashlib.sha256(data).hexdigest()
             headers.update(
@@ -133,7 +147,7 @@ class FakeHub(FakeServer):
         headers.update(
             {
                 "ETag": f'"{git_blob_sha1(data)}"',
-                "Location": f"/api/resolve-cache/models/{repo_id}/{repo.commit}/{quote(file)}",
+                "Location": f"/api/resolve-cache/models/{repo_id}/{commit}/{quote(file)}",
             }
         )
         h.send_response(307)
@@ -144,7 +158,7 @@ class FakeHub(FakeServer):
     def _resolve_cache(self, h: Handler, path: str) -> None:
         rest = path[len("/api/resolve-cache/models/") :].split("/", 3)
         repo = self.repos.get(f"{rest[0]}/{rest[1]}")
-        data = repo.files.get(unquote(rest[3])) if repo else None
+        data = repo.files_at(rest[2]).get(unquote(rest[3])) if repo else None
         if data is None:
             h.reply(404, b"not found")
             return
@@ -160,7 +174,7 @@ class FakeHub(FakeServer):
                 {"Content-Range": f"bytes {start}-{end}/{len(data)}", "ETag": etag},
             )
             return
-        h.reply(200, data, {"ETag": etag, "X-Repo-Commit": repo.commit})
+        h.reply(200, data, {"ETag": etag, "X-Repo-Commit": rest[2]})
 
     def _api(self, h: Handler, path: str) -> None:
         parts = path[len("/api/models/") :].split("/")
