@@ -3,6 +3,7 @@ the config's edits, and refuse or fail loudly when the lock and the world disagr
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -311,3 +312,27 @@ def test_a_lock_of_the_full_example_against_the_fakes(cli, tmp_path, hub, civita
     finally:
         mirror.stop()
         private.stop()
+
+
+def test_status_shows_each_locked_file_as_locked_drifted_or_missing(
+    cli, write_config, cdn, workspace, models
+):
+    cdn.add("/a.pth", WEIGHTS_V1)
+    cdn.add("/b.pth", WEIGHTS_V2)
+    cdn.add("/c.pth", WEIGHTS_V1 + b"c")
+    config = write_config(
+        f'[models.esrgan]\na = "{cdn.url}/a.pth"\nb = "{cdn.url}/b.pth"\n[models.lora]\nc = "{cdn.url}/c.pth"\n'
+    )
+    assert cli("lock", str(config)).code == 0
+    (models / "ESRGAN" / "b.pth").write_bytes(WEIGHTS_V1)  # replaced by hand after the lock
+    (models / "Lora" / "c.pth").unlink()
+    result = cli("status", str(config), "--workspace", str(workspace), "--json")
+    assert result.code == 0, result.err
+    states = {f["path"]: (f["state"], f["lock"]) for f in json.loads(result.out)}
+    assert states == {
+        "ESRGAN/a.pth": ("verified", "as locked"),
+        "ESRGAN/b.pth": ("unverified", "drifted"),
+        "Lora/c.pth": ("missing", "missing"),
+    }
+    text = cli("status", str(config), "--workspace", str(workspace)).out
+    assert text.splitlines()[0].split() == ["FILE", "SIZE", "STATE", "ITEM", "LOCK"]

@@ -394,6 +394,25 @@ def test_provision_failure_is_visible_and_not_retried(start, cdn, write_config):
     assert "answered 404" in (runtime.workspace / "logs" / "provision.log").read_text()
 
 
+def test_a_lock_from_provision_lock_url_is_enforced(start, cdn, write_config, tmp_path, cli):
+    cdn.add("/model.safetensors", blob(300_000, seed=3))
+    config = write_config(f'[models.checkpoints]\nmodel = "{cdn.url}/model.safetensors"\n')
+    assert cli("lock", str(config), "--workspace", str(tmp_path / "locking-host")).code == 0
+    cdn.add("/model.safetensors", blob(300_000, seed=4))  # the bytes behind the URL change
+    runtime = start(
+        PASSWORD=PASSWORD, PROVISION_URL=str(config), PROVISION_LOCK_URL=str(config.with_suffix(".lock"))
+    )
+    wait_for(lambda: "FAILED" in log_text(runtime, "provision"), 30)
+    assert "FAILED (exit code 1)" in log_text(runtime, "provision")
+    assert "(--locked)" in log_text(runtime, "provision")
+    assert (
+        "the lock pins checkpoints/model to these bytes"
+        in (runtime.workspace / "logs" / "provision.log").read_text()
+    )
+    assert not (runtime.workspace / "sdnext/models/Stable-diffusion/model.safetensors").exists()
+    assert runtime.refreshes() == []
+
+
 def test_no_provision_service_without_provision_url(start):
     runtime = start(PASSWORD=PASSWORD)
     assert not (runtime.runtime_dir / "service" / "provision").exists()
