@@ -180,7 +180,7 @@ class Provisioner:
             return None, where
         if not configsource.is_remote(where) and not Path(where).exists():
             raise ConfigError([f"--lock-file {where}: no such file: create it with `provision lock`"])
-        return lockfile.read_lock(where), where
+        return lockfile.read_lock(where, offline=self.offline), where
 
     def _chosen(self, items: list[Item], patterns: list[str]) -> list[Item]:
         chosen = [i for i in items if any(fnmatch.fnmatch(lockfile.item_name(i), p) for p in patterns)]

@@ -191,9 +191,9 @@ def default_lock_path(config: str) -> Path:
     return Path.cwd() / f"{stem}.lock"
 
 
-def read_lock(source: str) -> Lock:
+def read_lock(source: str, *, offline: bool = False) -> Lock:
     """A lock from a path or URL (the config's URL rules); ConfigError names what is wrong."""
-    text, origin = read_config(source)
+    text, origin = read_config(source, offline=offline)
     data = parse_toml(text, origin)
     again = "write it again with `provision lock CONFIG`"
     if data.get("version") != LOCK_VERSION:

@@ -336,3 +336,25 @@ def test_status_shows_each_locked_file_as_locked_drifted_or_missing(
     }
     text = cli("status", str(config), "--workspace", str(workspace)).out
     assert text.splitlines()[0].split() == ["FILE", "SIZE", "STATE", "ITEM", "LOCK"]
+
+
+def test_a_remote_config_locks_into_the_working_directory(cli, cdn, hub, tmp_path, monkeypatch):
+    hub.add_repo("org/a", {"a.safetensors": WEIGHTS_V1}, commit=OLD_COMMIT)
+    cdn.add("/team/models.toml", b'[models.checkpoints.a]\nrepo = "org/a"\nfile = "a.safetensors"\n')
+    monkeypatch.chdir(tmp_path)
+    url = f"{cdn.url}/team/models.toml"
+    assert cli("lock", url).code == 0
+    assert (tmp_path / "models.lock").exists()
+    assert f"from {url};" in (tmp_path / "models.lock").read_text()
+    assert cli(url, "--locked").code == 0
+
+
+def test_an_offline_dry_run_checks_that_the_lock_is_up_to_date(cli, write_config, hub):
+    hub.add_repo("org/a", {"a.safetensors": WEIGHTS_V1}, commit=OLD_COMMIT)
+    config = write_config('[models.checkpoints.a]\nrepo = "org/a"\nfile = "a.safetensors"\n')
+    assert cli("lock", str(config)).code == 0
+    hub.stop()  # a CI lint: no network
+    assert cli(str(config), "--dry-run", "--offline", "--locked").code == 0
+    config.write_text(config.read_text().replace('"a.safetensors"\n', '"a.safetensors"\nrevision = "v2"\n'))
+    stale = cli(str(config), "--dry-run", "--offline", "--locked")
+    assert stale.code == 2 and "(changed: checkpoints/a)" in stale.text
