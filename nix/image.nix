@@ -17,6 +17,7 @@
   ttyd,
   logdy,
   gperftools,
+  python3,
   provision,
   sdnext,
 }:
@@ -43,6 +44,7 @@ let
       filebrowser
       ttyd
       logdy
+      python3 # the login guard (runtime/lib/login_guard.py); provision's own interpreter
       provision
       sdnext
     ] ++ [ runtime ];

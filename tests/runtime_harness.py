@@ -165,6 +165,7 @@ def make_runtime(root: Path, extra_env: dict[str, str] | None = None) -> Runtime
         runtime.internal[service] = free_port()
         env[f"{upper}_PORT"] = str(runtime.ports[service])
         env[f"{upper}_INTERNAL_PORT"] = str(runtime.internal[service])
+    env["GUARD_INTERNAL_PORT"] = str(free_port())
     env.update(extra_env or {})
     return runtime
 

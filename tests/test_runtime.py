@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -208,7 +209,8 @@ def test_each_service_was_started_with_the_flags_it_needs(start):
 
     logdy = runtime.starts("logdy")[-1]
     followed = [
-        f"{ws}/logs/{s}/current" for s in ("gateway", "sdnext", "filebrowser", "ttyd", "logdy", "provision")
+        f"{ws}/logs/{s}/current"
+        for s in ("gateway", "guard", "sdnext", "filebrowser", "ttyd", "logdy", "provision")
     ]
     assert logdy["argv"] == [
         "follow",
@@ -271,7 +273,10 @@ def test_runtime_dir_is_root_only_and_holds_no_plain_password(start):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     caddyfile = runtime.runtime_dir / "gateway" / "Caddyfile"
     assert stat.S_IMODE(caddyfile.stat().st_mode) == 0o600
-    assert PASSWORD not in caddyfile.read_text() and "$2a$" in caddyfile.read_text()
+    assert PASSWORD not in caddyfile.read_text()
+    login = runtime.runtime_dir / "gateway" / "login"  # the login guard's keyed hash of the login
+    assert stat.S_IMODE(login.stat().st_mode) == 0o600
+    assert PASSWORD not in login.read_text() and set(json.loads(login.read_text())) == {"key", "digest"}
 
 
 def test_without_password_or_token_a_generated_one_is_printed_once_and_works(start):
@@ -471,11 +476,37 @@ def test_a_gateway_that_keeps_dying_stops_the_container_with_a_reason(start):
     wait_for(lambda: runtime.tree_pids() == [], 10)
 
 
-def test_the_login_hash_is_cheap_enough_that_refused_logins_cannot_burn_the_cpu(start):
+def login_from(runtime, source: str, password: str) -> http.client.HTTPResponse:
+    """A request to SD.Next's port from another loopback address (another client)."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", runtime.ports["sdnext"], timeout=10, source_address=(source, 0)
+    )
+    basic = base64.b64encode(f"admin:{password}".encode()).decode()
+    connection.request("GET", "/", headers={"Authorization": f"Basic {basic}"})
+    response = connection.getresponse()
+    response.body = response.read()
+    connection.close()
+    return response
+
+
+def test_refused_logins_are_limited_per_client_and_a_good_login_is_not(start):
     runtime = start(PASSWORD=PASSWORD)
-    caddyfile = (runtime.root / "run" / "gateway" / "Caddyfile").read_text()
-    assert re.search(r"admin \$2a\$10\$", caddyfile), "bcrypt cost 10 expected"
-    assert get(runtime, "sdnext", auth=("admin", PASSWORD)).status_code == 200
+    statuses = [login_from(runtime, "127.0.0.2", f"guess-{n}").status for n in range(6)]
+    assert statuses == [401] * 5 + [429], "five refusals are free, then the address waits"
+    blocked = login_from(runtime, "127.0.0.2", PASSWORD)
+    assert blocked.status == 429 and int(blocked.getheader("Retry-After")) >= 1
+    assert b"too many refused logins from 127.0.0.2" in blocked.body
+    # Another client is neither blocked nor slowed: its good login is let in at once.
+    assert login_from(runtime, "127.0.0.1", PASSWORD).status == 200
+    assert login_from(runtime, "127.0.0.1", "one-wrong-guess").status == 401
+    # The wait ends (1 s after the fifth refusal); a good login then clears the address.
+    wait_for(lambda: login_from(runtime, "127.0.0.2", PASSWORD).status == 200, 30)
+    assert login_from(runtime, "127.0.0.2", "a-new-wrong-guess").status == 401
+    wait_for(lambda: "(1 in a row)" in log_text(runtime, "guard").split("next check")[-1], 30)
+    log = log_text(runtime, "guard")
+    assert "refused login from 127.0.0.2:" in log and "(5 in a row)" in log
+    assert "127.0.0.2: 5 refused logins in a row: next check in 1 s" in log
+    assert "guess-" not in log and PASSWORD not in log
 
 
 def test_refused_logins_are_logged_without_secrets_and_granted_ones_are_not(start):
