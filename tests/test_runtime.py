@@ -489,6 +489,17 @@ def login_from(runtime, source: str, password: str) -> http.client.HTTPResponse:
     return response
 
 
+def test_request_bodies_pass_the_login_check_intact(start):
+    runtime = start(PASSWORD=PASSWORD)
+    body = blob(1024 * 1024, seed=9)
+    with requests.Session() as session:  # one kept-alive connection, several requests
+        for _ in range(3):
+            answer = session.post(
+                runtime.url("sdnext", "/sdapi/v1/txt2img"), data=body, auth=("admin", PASSWORD), timeout=10
+            )
+            assert answer.status_code == 200 and answer.json()["sha256"] == sha256(body)
+
+
 def test_refused_logins_are_limited_per_client_and_a_good_login_is_not(start):
     runtime = start(PASSWORD=PASSWORD)
     statuses = [login_from(runtime, "127.0.0.2", f"guess-{n}").status for n in range(6)]

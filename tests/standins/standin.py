@@ -87,13 +87,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        body = self.rfile.read(length)
         if NAME == "sdnext-launch" and self.path.startswith("/sdapi/v1/refresh-"):
             if self.path not in SDNEXT_RESCANS:  # as the pinned tag: no such route
                 self._reply(404, b'{"detail": "Not Found"}', "application/json")
                 return
             record("refresh", {"path": self.path})
-        self._reply(200, b"{}", "application/json")
+        self._reply(
+            200, json.dumps({"sha256": hashlib.sha256(body).hexdigest()}).encode(), "application/json"
+        )
 
 
 def main() -> None:
