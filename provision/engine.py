@@ -53,6 +53,7 @@ log = logging.getLogger("provision")
 
 MiB = 1024 * 1024
 DISK_MARGIN = 64 * MiB
+READ_SIZE = 1024 * 1024  # bytes read from a socket at a time
 NO_RETRY = {401: "unauthorised", 403: "forbidden", 404: "not found", 410: "gone"}
 
 
@@ -109,6 +110,8 @@ class Engine:
         self._active_lock = threading.Lock()
         self._active: set[Transfer] = set()
         self._sessions: list[requests.Session] = []
+        self._idle_sessions: list[requests.Session] = []  # of threads that ended
+        self._idle_buffers: list[bytearray] = []
         self.cancelled = threading.Event()
 
     def cancel(self) -> list[Path]:
@@ -216,18 +219,45 @@ class Engine:
     # --- requests ---------------------------------------------------------------------------
 
     def session(self) -> requests.Session:
-        """One session per thread (connection reuse without sharing a pool across threads)."""
+        """This thread's session: never shared by two threads at once, but handed on when a
+        thread ends (`thread_done`), so its kept-alive connections serve the next file."""
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = self.session_factory()
             with self._active_lock:
-                self._sessions.append(session)
+                session = self._idle_sessions.pop() if self._idle_sessions else None
+            if session is None:
+                session = self.session_factory()
+                with self._active_lock:
+                    self._sessions.append(session)
+            self._local.session = session
         return session
+
+    def buffer(self) -> bytearray:
+        """This thread's read buffer, reused for every body it reads: no megabyte of fresh
+        bytes per read, and memory that stays flat."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            with self._active_lock:
+                buffer = self._idle_buffers.pop() if self._idle_buffers else bytearray(READ_SIZE)
+            self._local.buffer = buffer
+        return buffer
+
+    def thread_done(self) -> None:
+        """A worker thread ends: its session and buffer go to the next thread that needs one."""
+        session = getattr(self._local, "session", None)
+        buffer = getattr(self._local, "buffer", None)
+        self._local.session = self._local.buffer = None
+        with self._active_lock:
+            if session is not None:
+                self._idle_sessions.append(session)
+            if buffer is not None:
+                self._idle_buffers.append(buffer)
 
     def close(self) -> None:
         """Close every thread's session (their pooled connections)."""
         with self._active_lock:
             sessions, self._sessions = self._sessions, []
+            self._idle_sessions, self._idle_buffers = [], []
         for session in sessions:
             session.close()
 

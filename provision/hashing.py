@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .transfer import Transfer
 
 MiB = 1024 * 1024
+HASH_BLOCK = 1 * MiB
 
 
 class PrefixHasher:
@@ -27,6 +28,7 @@ class PrefixHasher:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        self.buffer: memoryview | None = None  # one block, reused: the file is read in place
         self.reset()
 
     def reset(self) -> None:
@@ -60,14 +62,16 @@ class PrefixHasher:
                 ready = self.transfer.done.prefix_end()
             if ready <= self.upto:
                 return
-            with open(self.transfer.part, "rb") as file:
+            if self.buffer is None:
+                self.buffer = memoryview(bytearray(HASH_BLOCK))
+            with open(self.transfer.part, "rb", buffering=0) as file:
                 file.seek(self.upto)
                 while self.upto < ready:
-                    block = file.read(min(2 * MiB, ready - self.upto))
-                    if not block:
+                    n = file.readinto(self.buffer[: min(HASH_BLOCK, ready - self.upto)])
+                    if not n:
                         break
-                    self.digest.update(block)
-                    self.upto += len(block)
+                    self.digest.update(self.buffer[:n])
+                    self.upto += n
 
     def result(self, total: int) -> Checksum:
         self.transfer.stop.set()

@@ -12,10 +12,12 @@ contiguous prefix (hashing.py); the connection cap is the engine's (slots.py).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import re
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import requests
@@ -32,8 +34,50 @@ if TYPE_CHECKING:
 log = logging.getLogger("provision")
 
 MiB = 1024 * 1024
-CHUNK = 1 * MiB
-MIN_PIECE, MAX_PIECE = 4 * MiB, 64 * MiB
+FIRST_PIECE = 4 * MiB  # the first request when the size is not known yet
+MIN_PIECE = 16 * MiB  # no file is cut finer than this from the start
+MAX_REQUEST = 64 * MiB  # one request asks for at most this much of its piece
+MIN_STEAL = 4 * MiB  # a piece's unasked rest is halved for an idle connection only above twice this
+
+
+@dataclass
+class Piece:
+    """Bytes [start, end) one connection fetches, up to `asked` requested so far. A worker
+    with nothing left to do takes the back half of what a piece has not asked for yet
+    (`_claim`): nothing already on its way is ever cut off or asked for twice."""
+
+    start: int
+    end: int
+    asked: int = 0
+
+    def __post_init__(self) -> None:
+        self.asked = max(self.asked, self.start)
+
+
+def body_reader(response: requests.Response):
+    """A `readinto` for the body: straight from the socket into our buffer (http.client's,
+    under urllib3), or through urllib3's decoding when the server encoded the body anyway.
+    Transport errors come out as requests' ConnectionError, which the retries know."""
+    raw = response.raw
+    fp = getattr(raw, "_fp", None)
+    identity = response.headers.get("Content-Encoding", "identity").lower() == "identity"
+    read_into = fp.readinto if identity and hasattr(fp, "readinto") else raw.readinto
+
+    def read(view: memoryview) -> int:
+        try:
+            return read_into(view)
+        except (OSError, http.client.HTTPException) as err:
+            raise requests.exceptions.ConnectionError(f"{type(err).__name__}: {err}") from None
+
+    return read
+
+
+def release_if_read(response: requests.Response) -> None:
+    """A body read to its end: its connection goes back to the pool for the next request (read
+    around urllib3, so it is told). A body left unread keeps its connection, which closes."""
+    fp = getattr(response.raw, "_fp", None)
+    if fp is not None and fp.isclosed() and hasattr(response.raw, "release_conn"):
+        response.raw.release_conn()
 
 
 class RangeIgnored(Exception):
@@ -193,7 +237,7 @@ class Transfer:
         headers = {}
         end = None
         if self.segmented:
-            end = start + self._piece_size(self.total or self.download.expected_size)
+            end = start + min(MAX_REQUEST, self._piece_size(self.total or self.download.expected_size))
             end = min(end, gap_end) if gap_end is not None else end
             headers["Range"] = f"bytes={start}-{end - 1}"
             if self.validator and self.done.covered():  # resuming: only onto the same file
@@ -247,54 +291,76 @@ class Transfer:
         self._save_state(force=True)
 
     def _piece_size(self, total: int | None) -> int:
+        """One connection's share: the file over the connections it may use, at least
+        MIN_PIECE (a small file is not worth many requests). Work stealing evens out the tail."""
         if not total:
-            return MIN_PIECE  # learn the size from a small first answer
-        return max(MIN_PIECE, min(MAX_PIECE, total // (self.engine.per_file * 2)))
+            return FIRST_PIECE  # learn the size from a small first answer
+        return max(MIN_PIECE, -(-total // self.engine.per_file))
 
-    def _write_body(self, response: requests.Response, start: int, end: int | None) -> int:
-        """Write the body at `start` up to `end`; returns bytes written. Raises on a short body."""
+    def _write_body(
+        self, response: requests.Response, start: int, end: int | None, piece: Piece | None = None
+    ) -> int:
+        """Write the body at `start` up to `end` (and never past its piece's end); returns bytes
+        written. Raises on a body that ends short."""
         offset = start
+        read_into = body_reader(response)
+        view = memoryview(self.engine.buffer())
         with response, open(self.part, "r+b") as file:
             fd = file.fileno()
-            for data in response.iter_content(CHUNK):
-                if self.stop.is_set():
+            while not self.stop.is_set():
+                limit = self._limit(end, piece)
+                want = len(view) if limit is None else min(len(view), limit - offset)
+                if want <= 0:
                     break
-                chunk = data[: end - offset] if end is not None else data
-                if not chunk:
+                n = read_into(view[:want])
+                if not n:
                     break
-                os.pwrite(fd, chunk, offset)
-                offset += len(chunk)
+                os.pwrite(fd, view[:n], offset)
+                offset += n
                 with self.lock:
-                    self.done.add(offset - len(chunk), offset)
-                    self.transferred += len(chunk)
-                self.progress.advance(self.download, len(chunk))
+                    self.done.add(offset - n, offset)
+                    self.transferred += n
+                self.progress.advance(self.download, n)
                 self.hasher.poke()
                 self._save_state()
-                if end is not None and offset >= end:
-                    break
-        if end is not None and offset < end and not self.stop.is_set():
-            raise requests.exceptions.ChunkedEncodingError(f"body ended at byte {offset}, expected {end}")
+            limit = self._limit(end, piece)
+            if limit is not None and offset < limit and not self.stop.is_set():
+                raise requests.exceptions.ChunkedEncodingError(
+                    f"IncompleteRead: the body ended at byte {offset}, {limit - offset} bytes short"
+                )
+            release_if_read(response)
         return offset - start
+
+    def _limit(self, end: int | None, piece: Piece | None) -> int | None:
+        if piece is None:
+            return end
+        with self.lock:
+            return piece.end if end is None else min(end, piece.end)
 
     # -- pieces --------------------------------------------------------------------------------
 
     def _fetch_pieces(self) -> None:
+        """The missing bytes as pieces, one connection each, asked for MAX_REQUEST at a time; a
+        worker that runs out of pieces takes the back half of the biggest unasked rest (work
+        stealing), so the last bytes of a file come in over several connections, not one."""
         assert self.total is not None
         size = self._piece_size(self.total)
         with self.lock:
             gaps = self.done.gaps(self.total)
             first = self.prefetched
-        pieces = []
-        if first is not None:  # its range is on its way: the first piece, and no other's
-            pieces.append((first[0], first[1]))
-            gaps = [(max(a, first[1]) if a == first[0] else a, b) for a, b in gaps]
-        pieces += [piece for gap in gaps for piece in split(gap[0], gap[1], size)]
-        if not pieces:
+        first_piece = None
+        if first is not None:  # its answer is on its way: the start of the first piece
+            gap_end = next(b for a, b in gaps if a == first[0])
+            first_piece = Piece(first[0], min(gap_end, max(first[1], first[0] + size)), asked=first[1])
+            gaps = [(first_piece.end, b) if a == first[0] else (a, b) for a, b in gaps]
+        queue = [Piece(a, b) for gap in gaps for a, b in split(gap[0], gap[1], size)]
+        self.queue, self.running = queue, [first_piece] if first_piece else []
+        count = min(self.engine.per_file, len(queue) + len(self.running))
+        if not count:
             return
-        queue = list(reversed(pieces))
         workers = [
-            threading.Thread(target=self._piece_worker, args=(queue,), daemon=True)
-            for _ in range(min(self.engine.per_file, len(pieces)))
+            threading.Thread(target=self._piece_worker, args=(first_piece if n == 0 else None,), daemon=True)
+            for n in range(count)
         ]
         for worker in workers:
             worker.start()
@@ -303,52 +369,96 @@ class Transfer:
         if self.errors:
             raise self.errors[0]
 
-    def _piece_worker(self, queue: list[tuple[int, int]]) -> None:
+    def _claim(self) -> Piece | None:
+        """The next piece, or the back half of the biggest one under way; None: nothing left
+        worth a connection."""
+        with self.lock:
+            if self.queue:
+                piece = self.queue.pop(0)
+            else:
+                busy = [p for p in self.running if p.end - p.asked >= 2 * MIN_STEAL]
+                if not busy:
+                    return None
+                victim = max(busy, key=lambda p: p.end - p.asked)
+                middle = victim.asked + (victim.end - victim.asked) // 2
+                piece, victim.end = Piece(middle, victim.end), middle
+            self.running.append(piece)
+            return piece
+
+    def _piece_worker(self, piece: Piece | None) -> None:
+        """Take pieces until none is left, holding a connection slot from one to the next (not
+        through a retry's backoff): a piece is claimed, or stolen, only with a slot in hand."""
+        holding = False
         try:
             while not self.stop.is_set():
-                with self.lock:
-                    if not queue:
+                if piece is None:
+                    if not holding:
+                        self._take_slot()
+                        holding = True
+                    piece = self._claim()
+                    if piece is None:
                         return
-                    start, end = queue.pop()
-                self.engine.with_retries(
-                    f"{self.download.dest.name} bytes {start}-{end - 1}",
-                    lambda start=start, end=end: self._fetch_piece(start, end),
-                    self.stop,
-                )
+                holding = self._fetch_with_retries(piece, holding)
+                with self.lock:
+                    self.running.remove(piece)
+                piece = None
         except BaseException as err:  # handed to the thread that waits for the workers
             with self.lock:
                 self.errors.append(err)
             self.stop.set()
-
-    def _fetch_piece(self, start: int, end: int) -> None:
-        response = self._take_prefetched(start)
-        if response is not None:
-            try:
-                self._write_body(response, start, end)
-            finally:
+        finally:
+            if holding:
                 self._give_slot()
-            return
+            self.engine.thread_done()
+
+    def _fetch_with_retries(self, piece: Piece, holding: bool) -> bool:
+        """Fetch the piece, retrying; returns whether this worker still holds a slot."""
+        state = {"holding": holding}
+
+        def attempt() -> None:
+            response = self._take_prefetched(piece.start)
+            if response is not None:  # the first answer: it came with its own slot
+                state["holding"] = True
+            elif not state["holding"]:
+                self._take_slot()
+                state["holding"] = True
+            try:
+                self._fetch_piece(piece, response)
+            except BaseException:
+                self._give_slot()  # no slot is held through the backoff
+                state["holding"] = False
+                raise
+
+        self.engine.with_retries(
+            f"{self.download.dest.name} bytes {piece.start}-{piece.end - 1}", attempt, self.stop
+        )
+        return state["holding"]
+
+    def _fetch_piece(self, piece: Piece, response: requests.Response | None) -> None:
+        if response is not None:
+            self._write_body(response, piece.start, None, piece)
         while not self.stop.is_set():  # a server may answer with less than asked: ask for the rest
             with self.lock:
-                gaps = [g for g in self.done.gaps(end) if g[1] > start and g[0] < end]
-            if not gaps:
-                return
-            begin = max(start, gaps[0][0])
+                gaps = [g for g in self.done.gaps(piece.end) if g[1] > piece.start and g[0] < piece.end]
+                if not gaps:
+                    return
+                begin = max(piece.start, gaps[0][0])
+                end = min(piece.end, begin + MAX_REQUEST)
+                piece.asked = max(piece.asked, end)
             headers = {"Range": f"bytes={begin}-{end - 1}"}
             if self.validator:
                 headers["If-Range"] = self.validator
-            with self._slot():
-                response = self.engine.open(self.download, headers)
-                if response.status_code != 206:
-                    response.close()
-                    if "If-Range" in headers:  # a 200 to If-Range: the validator no longer matches
-                        raise RangeIgnored("the file changed on the server during the download (If-Range)")
-                    raise RangeIgnored("the server stopped honouring Range")
-                if content_range_total(response) != self.total:
-                    response.close()
-                    raise FetchError("the file changed on the server during the download; run again")
-                last = answered_range(response, begin, end)
-                self._write_body(response, begin, last + 1)
+            response = self.engine.open(self.download, headers)
+            if response.status_code != 206:
+                response.close()
+                if "If-Range" in headers:  # a 200 to If-Range: the validator no longer matches
+                    raise RangeIgnored("the file changed on the server during the download (If-Range)")
+                raise RangeIgnored("the server stopped honouring Range")
+            if content_range_total(response) != self.total:
+                response.close()
+                raise FetchError("the file changed on the server during the download; run again")
+            last = answered_range(response, begin, end)
+            self._write_body(response, begin, last + 1, piece)
 
     # -- the end ------------------------------------------------------------------------------
 

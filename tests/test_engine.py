@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from provision import transfer
 from provision.download import Checksum, Download
 from provision.engine import Engine, FetchError
 from provision.ranges import Ranges
@@ -17,8 +18,9 @@ from provision.retry import RetryPolicy
 from .conftest import blob, sha256
 from .fakes.cdn import Fault
 
-SIZE = 9 * 1024 * 1024 + 12345  # several 4 MiB pieces, the last one short
+SIZE = 9 * 1024 * 1024 + 12345  # a first 4 MiB answer, then the rest
 DATA = blob(SIZE, seed=11)
+LARGE = blob(40 * 1024 * 1024 + 12345, seed=12)  # three pieces of at most 16 MiB, the last short
 
 
 @pytest.fixture
@@ -52,14 +54,15 @@ def on_disk(tmp_path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "models").iterdir())
 
 
-def test_segmented_download_uses_several_ranges_and_verifies(engine, served, tmp_path):
-    result = engine().fetch(download(served, tmp_path))
-    assert (result.status, result.bytes) == ("ok", SIZE)
-    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
-    ranges = [r.headers.get("range") for r in served.requests]
+def test_segmented_download_uses_several_ranges_and_verifies(engine, cdn, tmp_path):
+    cdn.add("/m.safetensors", LARGE)
+    result = engine().fetch(download(cdn, tmp_path, data=LARGE))
+    assert (result.status, result.bytes) == ("ok", len(LARGE)), "every byte written once"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+    ranges = [r.headers.get("range") for r in cdn.requests]
     assert len(ranges) >= 3 and all(r and r.startswith("bytes=") for r in ranges)
+    assert len({r.split("-")[0] for r in ranges}) == len(ranges), "no range asked for twice"
     assert on_disk(tmp_path) == ["m.safetensors"]
-    assert served.body_bytes == SIZE
 
 
 @pytest.mark.parametrize(
@@ -233,8 +236,8 @@ def test_empty_file(engine, cdn, tmp_path):
 def test_connection_cap_is_respected(engine, cdn, tmp_path):
     import threading
 
-    cdn.add("/m.safetensors", DATA)
-    cdn.rate = 16 * 1024 * 1024
+    cdn.add("/m.safetensors", LARGE)
+    cdn.rate = 32 * 1024 * 1024
     eng = engine(connections=2, per_file=8)
     open_responses, peak, lock = [0], [0], threading.Lock()
     original_open = eng.open
@@ -255,7 +258,7 @@ def test_connection_cap_is_respected(engine, cdn, tmp_path):
         return response
 
     eng.open = counting_open
-    eng.fetch(download(cdn, tmp_path))
+    eng.fetch(download(cdn, tmp_path, data=LARGE))
     assert peak[0] == 2
 
 
@@ -337,3 +340,17 @@ def test_a_file_whose_connections_all_went_to_an_earlier_one_is_reported_waiting
     shared.slots.release()  # the earlier file is done
     worker.join(30)
     assert changed.wait(30) and events == [True, False] and transfer.connections == 1
+
+
+def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp_path, monkeypatch):
+    """Work stealing: the first piece's connection stalls; the others finish theirs, then split
+    what it has not asked for yet and fetch the back half. Nothing is asked for twice."""
+    monkeypatch.setattr(transfer, "MAX_REQUEST", 8 * 1024 * 1024)  # pieces of 16 MiB, 2 requests each
+    cdn.add("/m.safetensors", LARGE)
+    cdn.fault("/m.safetensors", Fault(stall_at=1024 * 1024, stall=2.0))
+    result = engine(timeout=(2, 10.0)).fetch(download(cdn, tmp_path, data=LARGE))
+    assert (result.status, result.bytes) == ("ok", len(LARGE)), "every byte written once"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+    starts = sorted(int(r.headers["range"][6:].split("-")[0]) for r in cdn.requests)
+    assert 12 * 1024 * 1024 in starts, f"no one took the stalled piece's back half: {starts}"
+    assert cdn.body_bytes == len(LARGE), "nothing sent twice"
