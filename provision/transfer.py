@@ -369,6 +369,15 @@ class Transfer:
         if self.errors:
             raise self.errors[0]
 
+    def _request_size(self, rest: int) -> int:
+        """How much of a piece's `rest` one request asks for (under self.lock): a small piece at
+        once; of a big one MAX_REQUEST while much of the file is left, less toward its end, so
+        the last pieces keep a rest an idle connection can take."""
+        if rest <= MIN_PIECE:
+            return rest
+        left = (self.total or 0) - self.done.covered()
+        return max(2 * MIN_STEAL, min(MAX_REQUEST, left // self.engine.per_file))
+
     def _claim(self) -> Piece | None:
         """The next piece, or the back half of the biggest one under way; None: nothing left
         worth a connection."""
@@ -443,7 +452,7 @@ class Transfer:
                 if not gaps:
                     return
                 begin = max(piece.start, gaps[0][0])
-                end = min(piece.end, begin + MAX_REQUEST)
+                end = min(piece.end, begin + self._request_size(piece.end - begin))
                 piece.asked = max(piece.asked, end)
             headers = {"Range": f"bytes={begin}-{end - 1}"}
             if self.validator:
