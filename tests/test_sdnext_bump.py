@@ -41,6 +41,11 @@ def upstream(tmp_path) -> tuple[Path, str]:
     git("init", "-q", "-b", "master", cwd=main)
     (main / "launch.py").write_text("print('sdnext')\n")
     (main / "requirements.txt").write_text("torch==2.9.1\nrich==14.2.0\nnewpkg==1.0\n")
+    (main / "installer.py").write_text(
+        "def check_onnx():\n    install('onnxruntime-gpu', 'onnxruntime-gpu')\n"
+        "def check_diffusers():\n    install(f'git+https://github.com/huggingface/diffusers@{sha}')\n"
+        "    install('rich==13.0.0')\n    install('torch==2.9.1')\n"
+    )
     git("add", ".", cwd=main)
     git(
         "-c",
@@ -80,6 +85,29 @@ def test_bump_rewrites_the_pin_from_the_tag_and_its_submodules(upstream, tmp_pat
     assert "requirements.txt: rich: pyproject 14.1.0 -> requirements 14.2.0" in out
     assert "requirements.txt: newpkg: pyproject (not pinned) -> requirements 1.0" in out
     assert "requirements.txt: torch" not in out  # the same pin on both sides
+    # installer.py's own installs at start: what the image's environment lacks or pins otherwise.
+    assert "installer.py installs onnxruntime-gpu (unpinned): not in pyproject.toml" in out
+    assert "installer.py installs rich==13.0.0: pyproject.toml pins 14.1.0" in out
+    assert "installer.py installs torch" not in out and "diffusers" not in out
+
+
+def test_the_layers_a_pull_fetches_anew_are_the_changed_packages():
+    from lockwheels import Locked, Wheel
+
+    def package(name, version, size):
+        return Locked(name, version, "registry", Wheel(f"{name}-{version}.whl", "u", "0" * 64, size))
+
+    before = [package("torch", "2.9.1", 900_000_000), package("rich", "14.1.0", 240_000)]
+    after = [package("torch", "2.9.1", 900_000_000), package("rich", "14.2.0", 243_000)]
+    after.append(package("newpkg", "1.0", 1_500_000))
+    lines = bump.layer_changes(before, after, source_changed=True, extensions_changed=1)
+    assert lines[:3] == [
+        "image layer: the SD.Next source (new tag)",
+        "image layers: 1 extension source(s)",
+        "image layers: sdnext-env (the virtualenv) and the sdnext wrapper",
+    ]
+    assert lines[3:5] == ["image layer: newpkg 1.0 (1.5 MB wheel)", "image layer: rich 14.2.0 (0.2 MB wheel)"]
+    assert lines[-1] == "2 package(s) changed, about 2 MB of wheels; 1 reused as they are"
 
 
 def test_the_hash_is_the_nar_hash_of_the_commits_files(upstream, tmp_path):

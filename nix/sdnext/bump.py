@@ -8,10 +8,12 @@
 2. Computes the NAR hash fetchFromGitHub will see for each (`git archive` of the commit, as
    GitHub's tarball holds it, through `nix-hash`), and rewrites the pin's source and extensions.
 3. Compares requirements.txt at the tag with nix/sdnext/pyproject.toml's `==` pins and prints
-   the differences to review (installer.py's own installs are for a person to read: named).
+   the differences to review, and proposes what installer.py installs at start that
+   pyproject.toml lacks or pins otherwise (calls built from variables are left to a person).
 4. Unless --no-lock: re-locks with uv (torch stays as pyproject.toml says), rewrites
    wheel-manifest.json and runs the emulated build check; prints packages added, removed and
-   moved, and the payload before and after.
+   moved, which image layers change (and the MB of wheels a pull fetches anew), and the
+   payload before and after.
 
 The model folders and rescans of the new tag stay as they were: the script names the files of
 SD.Next that say them (modules/shared.py, modules/api/api.py) so a person checks them.
@@ -110,6 +112,7 @@ def resolve(repo: str, tag: str, work: Path) -> dict:
         }
     pin["extensions"] = dict(sorted(extensions.items()))
     pin["requirements"] = show(clone, rev, "requirements.txt")
+    pin["installer"] = show(clone, rev, "installer.py")
     return pin
 
 
@@ -145,6 +148,63 @@ def pin_changes(requirements: str, pyproject: Path) -> list[str]:
     return changes
 
 
+_INSTALL_CALL = re.compile(r"""\binstall\(\s*(['"])([^'"{}]+)\1""")
+
+
+def installer_proposals(installer: str, pyproject: Path) -> list[str]:
+    """What installer.py at the tag installs at start that pyproject.toml does not pin the same
+    way: the image installs nothing at start, so each is a change to consider. Calls built from
+    variables (f-strings) are left to the person reading the file."""
+    ours = {}
+    for dep in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+        match = re.match(r"([A-Za-z0-9_.-]+)\s*(?:==\s*([^;\s]+))?", dep)
+        if match:
+            ours[match[1].lower().replace("_", "-")] = match[2]
+    proposals, seen = [], set()
+    for _quote, spec in _INSTALL_CALL.findall(installer):
+        match = re.match(r"([A-Za-z0-9_.-]+)\s*(?:==\s*([^;\s,]+))?", spec.strip())
+        if not match:
+            continue
+        name, version = match[1].lower().replace("_", "-"), match[2]
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in ours:
+            pinned = f"=={version}" if version else " (unpinned)"
+            proposals.append(
+                f"installer.py installs {name}{pinned}: not in pyproject.toml; add it if the image needs it"
+            )
+        elif version and ours[name] != version:
+            proposals.append(
+                f"installer.py installs {name}=={version}: pyproject.toml pins {ours[name] or 'no version'}"
+            )
+    return proposals
+
+
+def layer_changes(before: list, after: list, source_changed: bool, extensions_changed: int) -> list[str]:
+    """Which image layers a pull has to fetch anew. Every locked package is a store path of its
+    own (a layer of its own when big: streamLayeredImage, maxLayers 120; the small ones share
+    the last layer); the source, each extension and the virtualenv are store paths as well."""
+    old = {(p.name, p.version) for p in before}
+    changed = [p for p in after if (p.name, p.version) not in old]
+    size = sum((p.wheel.size if p.wheel else p.sdist_size) for p in changed)
+    lines = []
+    if source_changed:
+        lines.append("image layer: the SD.Next source (new tag)")
+    if extensions_changed:
+        lines.append(f"image layers: {extensions_changed} extension source(s)")
+    if changed or source_changed:
+        lines.append("image layers: sdnext-env (the virtualenv) and the sdnext wrapper")
+    for package in sorted(changed, key=lambda p: -(p.wheel.size if p.wheel else p.sdist_size)):
+        bytes_ = package.wheel.size if package.wheel else package.sdist_size
+        lines.append(f"image layer: {package.name} {package.version} ({bytes_ / 1e6:.1f} MB wheel)")
+    reused = len(after) - len(changed)
+    lines.append(
+        f"{len(changed)} package(s) changed, about {size / 1e6:.0f} MB of wheels; {reused} reused as they are"
+    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bump", description=__doc__.splitlines()[0])
     parser.add_argument("tag")
@@ -166,17 +226,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  extension {folder}: removed")
     for change in pin_changes(pin["requirements"], args.pyproject):
         print(f"  requirements.txt: {change}")
+    for proposal in installer_proposals(pin["installer"], args.pyproject):
+        print(f"  {proposal}")
     print("  review at the tag: installer.py (what it installs at start), modules/shared.py (folders),")
     print("  modules/api/api.py (rescan routes); then update [categories] and [rescans] in the pin")
     if args.no_lock:
         return 0
-    packages_before = {p.name: p.version for p in read_lock()}
+    locked_before = read_lock()
     subprocess.run(["uv", "lock"], cwd=HERE, check=True)
-    packages_after = {p.name: p.version for p in read_lock()}
+    locked_after = read_lock()
+    packages_before = {p.name: p.version for p in locked_before}
+    packages_after = {p.name: p.version for p in locked_after}
     for name in sorted(set(packages_after) | set(packages_before)):
         a, b = packages_before.get(name), packages_after.get(name)
         if a != b:
             print(f"  {name}: {a or '(new)'} -> {b or '(removed)'}")
+    moved = sum(
+        1
+        for folder, source in pin["extensions"].items()
+        if old.get("extensions", {}).get(folder, {}).get("rev") != source["rev"]
+    )
+    for line in layer_changes(locked_before, locked_after, old["tag"] != pin["tag"], moved):
+        print(f"  {line}")
     subprocess.run([sys.executable, str(HERE / "payload.py")], check=True)
     subprocess.run([sys.executable, str(HERE / "wheel_manifest.py")], check=True)
     return subprocess.run([sys.executable, str(HERE / "buildcheck.py")]).returncode
