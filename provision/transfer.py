@@ -35,8 +35,8 @@ log = logging.getLogger("provision")
 
 MiB = 1024 * 1024
 FIRST_PIECE = 4 * MiB  # the first request when the size is not known yet
-MIN_PIECE = 16 * MiB  # no file is cut finer than this from the start
-MAX_REQUEST = 64 * MiB  # one request asks for at most this much of its piece
+PIECE = 32 * MiB  # files are cut into pieces of this size
+TAIL_SHARE = 4  # near a file's end, a request asks for at most this share of what is left
 MIN_STEAL = 4 * MiB  # a piece's unasked rest is halved for an idle connection only above twice this
 
 
@@ -237,7 +237,7 @@ class Transfer:
         headers = {}
         end = None
         if self.segmented:
-            end = start + min(MAX_REQUEST, self._piece_size(self.total or self.download.expected_size))
+            end = start + self._piece_size(self.total or self.download.expected_size)
             end = min(end, gap_end) if gap_end is not None else end
             headers["Range"] = f"bytes={start}-{end - 1}"
             if self.validator and self.done.covered():  # resuming: only onto the same file
@@ -291,11 +291,10 @@ class Transfer:
         self._save_state(force=True)
 
     def _piece_size(self, total: int | None) -> int:
-        """One connection's share: the file over the connections it may use, at least
-        MIN_PIECE (a small file is not worth many requests). Work stealing evens out the tail."""
-        if not total:
-            return FIRST_PIECE  # learn the size from a small first answer
-        return max(MIN_PIECE, -(-total // self.engine.per_file))
+        """PIECE, taken front to back: the contiguous prefix the hasher follows grows all the
+        time (one piece per connection would leave the whole file to hash after the last
+        byte). Work stealing evens out the tail."""
+        return PIECE if total else FIRST_PIECE  # learn the size from a small first answer
 
     def _write_body(
         self, response: requests.Response, start: int, end: int | None, piece: Piece | None = None
@@ -340,8 +339,8 @@ class Transfer:
     # -- pieces --------------------------------------------------------------------------------
 
     def _fetch_pieces(self) -> None:
-        """The missing bytes as pieces, one connection each, asked for MAX_REQUEST at a time; a
-        worker that runs out of pieces takes the back half of the biggest unasked rest (work
+        """The missing bytes as pieces, taken front to back by up to `per_file` workers; a worker
+        that runs out of pieces takes the back half of the biggest unasked rest (work
         stealing), so the last bytes of a file come in over several connections, not one."""
         assert self.total is not None
         size = self._piece_size(self.total)
@@ -370,13 +369,13 @@ class Transfer:
             raise self.errors[0]
 
     def _request_size(self, rest: int) -> int:
-        """How much of a piece's `rest` one request asks for (under self.lock): a small piece at
-        once; of a big one MAX_REQUEST while much of the file is left, less toward its end, so
+        """How much of a piece's `rest` one request asks for (under self.lock): all of it while
+        much of the file is left; toward the end a share of what is left (at least 8 MiB), so
         the last pieces keep a rest an idle connection can take."""
-        if rest <= MIN_PIECE:
+        if rest < 4 * MIN_STEAL:
             return rest
-        left = (self.total or 0) - self.done.covered()
-        return max(2 * MIN_STEAL, min(MAX_REQUEST, left // self.engine.per_file))
+        left = (self.total or self.download.expected_size or 0) - self.done.covered()
+        return max(2 * MIN_STEAL, min(PIECE, left // TAIL_SHARE))
 
     def _claim(self) -> Piece | None:
         """The next piece, or the back half of the biggest one under way; None: nothing left
