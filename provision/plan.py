@@ -94,7 +94,8 @@ class Item:
             what = f"hf:{spec.repo}@{spec.revision}:{spec.file or '*'}:{','.join(spec.include)}:"
             return what + ",".join(spec.exclude)
         if isinstance(spec, CivitaiSpec):
-            return f"civitai:{spec.version_id}:{spec.model_id}:{spec.file_type}:{spec.file_format}"
+            fields = (spec.version_id, spec.model_id, spec.file_type, spec.file_format)
+            return "civitai:" + ":".join("" if value is None else str(value) for value in fields)
         if isinstance(spec, UrlSpec):
             return f"url:{without_secrets(spec.url)}:{spec.sha256 or ''}"
         return f"gdrive:{spec.file_id}"
