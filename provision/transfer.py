@@ -378,8 +378,8 @@ class Transfer:
         return max(2 * MIN_STEAL, min(PIECE, left // TAIL_SHARE))
 
     def _claim(self) -> Piece | None:
-        """The next piece, or the back half of the biggest one under way; None: nothing left
-        worth a connection."""
+        """The next piece, or the back half of the biggest rest a piece under way has not asked
+        for yet; None: nothing left worth a connection."""
         with self.lock:
             if self.queue:
                 piece = self.queue.pop(0)
