@@ -51,6 +51,11 @@ class LockedFile:
     pin: dict[str, str | int] = field(default_factory=dict, compare=False)
     dest: Path | None = field(default=None, compare=False)  # set when attached to a plan's item
 
+    @property
+    def checksum(self) -> Checksum:
+        """What the file is checked against: its sha256, else the Hub's git blob id."""
+        return Checksum("sha256", self.sha256) if self.sha256 else Checksum("git-sha1", self.git_blob or "")
+
 
 @dataclass
 class Lock:

@@ -18,7 +18,6 @@ from . import lockfile, paths
 from .config import ConfigError
 from .configsource import default_source
 from .core import Provisioner
-from .download import Checksum
 from .lockfile import LockedFile
 from .ondisk import PARTIAL, OnDisk
 from .partfile import PartFile
@@ -86,8 +85,7 @@ def _lock_state(pinned: LockedFile | None, record: Record | None, stat: os.stat_
         return "-"
     if record is None:
         return "unchecked"
-    wanted = Checksum("sha256", pinned.sha256) if pinned.sha256 else Checksum("git-sha1", pinned.git_blob)
-    return "as locked" if record.unchanged(stat) and record.checksum == wanted else "drifted"
+    return "as locked" if record.unchanged(stat) and record.checksum == pinned.checksum else "drifted"
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from urllib.parse import urlencode
 
 from ..download import Checksum, Download
@@ -53,28 +54,26 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
     name = item.filename or safe_filename(chosen.get("name")) or f"civitai-{version_id}.safetensors"
     sha256 = ((chosen.get("hashes") or {}).get("SHA256") or "").lower() or None
     size_kb = chosen.get("sizeKB")
-    # Always name the file: without fileId CivitAI picks one by the account's preferences (fp8 or
-    # bf16, pruned or full), which may not be the file whose sha256 was just read.
-    return [
-        Download(
-            url=download_url(version_id, chosen.get("id")),
-            dest=item.folder / name,
-            checksum=Checksum("sha256", sha256) if sha256 else None,
-            size_hint=int(size_kb * 1024) if isinstance(size_kb, int | float) else None,
-            headers=headers(),
-            identity=f"civitai:{version_id}:{chosen.get('id')}",
-            pin={
-                "model_id": int(version.get("modelId") or spec.model_id or 0),
-                "version_id": int(version_id),
-                "file_id": int(chosen.get("id") or 0),
-            },
-            explain=lambda status: explain(status, f"version {version_id}"),
-        )
-    ]
+    download = file_download(
+        int(version.get("modelId") or spec.model_id or 0), version_id, chosen.get("id"), item.folder / name
+    )
+    download.checksum = Checksum("sha256", sha256) if sha256 else None
+    download.size_hint = int(size_kb * 1024) if isinstance(size_kb, int | float) else None
+    return [download]
 
 
-def download_url(version_id: int, file_id: int | None) -> str:
-    return f"{base()}/api/download/models/{version_id}?{urlencode({'fileId': file_id})}"
+def file_download(model_id: int, version_id: int, file_id: int | None, dest: Path) -> Download:
+    """One file of a model version (resolved now, or as a lock pins it). Always named by
+    fileId: without it CivitAI picks one by the account's preferences (fp8 or bf16, pruned or
+    full), which may not be the file whose sha256 was read."""
+    return Download(
+        url=f"{base()}/api/download/models/{version_id}?{urlencode({'fileId': file_id})}",
+        dest=dest,
+        headers=headers(),
+        identity=f"civitai:{version_id}:{file_id}",
+        pin={"model_id": model_id, "version_id": int(version_id), "file_id": int(file_id or 0)},
+        explain=lambda status: explain(status, f"version {version_id}"),
+    )
 
 
 def _newest_version(item: Item, spec: CivitaiSpec, ctx: Context) -> int:

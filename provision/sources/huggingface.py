@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import (
@@ -58,18 +58,24 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
         ),
     )
     commit = meta.commit_hash or spec.revision
-    return [
-        Download(
-            url=hf_hub_url(spec.repo, spec.file, revision=commit, endpoint=hub()),
-            dest=item.folder / item.filename,  # type: ignore[operator]
-            size=meta.size,
-            checksum=_checksum(meta.etag),
-            headers=auth_headers(),
-            identity=f"hf:{spec.repo}@{commit}:{spec.file}",
-            pin={"repo": spec.repo, "file": spec.file, "commit": commit},
-            explain=lambda status: explain_status(status, spec),
-        )
-    ]
+    dest = item.folder / item.filename  # type: ignore[operator]
+    return [file_download(spec, spec.file, commit, dest, meta.size, _checksum(meta.etag))]
+
+
+def file_download(
+    spec: HuggingFaceSpec, path: str, commit: str, dest: Path, size: int | None, checksum: Checksum | None
+) -> Download:
+    """One file of the repository at a commit (resolved now, or as a lock pins it)."""
+    return Download(
+        url=hf_hub_url(spec.repo, path, revision=commit, endpoint=hub()),
+        dest=dest,
+        size=size,
+        checksum=checksum,
+        headers=auth_headers(),
+        identity=f"hf:{spec.repo}@{commit}:{path}",
+        pin={"repo": spec.repo, "file": path, "commit": commit},
+        explain=lambda status: explain_status(status, spec),
+    )
 
 
 def _resolve_repository(item: Item, spec: HuggingFaceSpec, ctx: Context) -> list[Download]:
@@ -96,18 +102,8 @@ def _resolve_repository(item: Item, spec: HuggingFaceSpec, ctx: Context) -> list
             continue
         lfs = getattr(entry, "lfs", None)
         checksum = Checksum("sha256", lfs.sha256) if lfs else Checksum("git-sha1", entry.blob_id)
-        downloads.append(
-            Download(
-                url=hf_hub_url(spec.repo, entry.path, revision=commit, endpoint=hub()),
-                dest=item.folder.joinpath(*safe),  # type: ignore[arg-type]
-                size=entry.size,
-                checksum=checksum,
-                headers=auth_headers(),
-                identity=f"hf:{spec.repo}@{commit}:{entry.path}",
-                pin={"repo": spec.repo, "file": entry.path, "commit": commit},
-                explain=lambda status: explain_status(status, spec),
-            )
-        )
+        dest = item.folder.joinpath(*safe)  # type: ignore[arg-type]
+        downloads.append(file_download(spec, entry.path, commit, dest, entry.size, checksum))
     if not downloads:
         raise SourceError(
             f"no file of {spec.repo} at {spec.revision} matches include={list(spec.include)}"

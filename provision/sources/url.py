@@ -5,7 +5,7 @@ first), else the URL's path. Always reduced to a safe base name."""
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -41,22 +41,22 @@ def resolve(item: Item, ctx: Context) -> list[Download]:
             f"{redact(spec.url)} offers {size} bytes, but the config says size = {spec.size}: "
             "check the URL, or fix size (and sha256)"
         )
-    return [
-        Download(
-            url=spec.url,
-            dest=item.folder / name,  # type: ignore[operator]
-            size=spec.size if spec.size is not None else size,
-            checksum=Checksum("sha256", spec.sha256) if spec.sha256 else None,
-            headers=dict(spec.headers),
-            identity=identity(spec),
-            pin={key: value for key, value in pin.items() if value},
-            explain=lambda status: explain(status, spec.url),
-        )
-    ]
+    download = file_download(spec, item.folder / name, {k: v for k, v in pin.items() if v})  # type: ignore[operator]
+    download.size = spec.size if spec.size is not None else size
+    download.checksum = Checksum("sha256", spec.sha256) if spec.sha256 else None
+    return [download]
 
 
-def identity(spec: UrlSpec) -> str:
-    return f"url:{redact(spec.url)}" + (f"#sha256={spec.sha256}" if spec.sha256 else "")
+def file_download(spec: UrlSpec, dest: Path, pin: dict[str, str | int]) -> Download:
+    """The config's URL with its headers (resolved now, or as a lock pins it)."""
+    return Download(
+        url=spec.url,
+        dest=dest,
+        headers=dict(spec.headers),
+        identity=f"url:{redact(spec.url)}" + (f"#sha256={spec.sha256}" if spec.sha256 else ""),
+        pin=pin,
+        explain=lambda status: explain(status, spec.url),
+    )
 
 
 def _head(spec: UrlSpec, ctx: Context) -> requests.Response:
