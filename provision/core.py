@@ -113,11 +113,11 @@ class Provisioner:
         items; `locked=True` refuses a lock that is missing or out of date instead."""
         plan = self.plan(config)
         lock, where = self._existing_lock(config)
+        diff = lockfile.compare(lock, plan) if lock is not None else None
         if locked:
-            _check_up_to_date(lock, where, plan, config)
+            _check_up_to_date(diff, where, config)
         if lock is not None:
             lockfile.attach(plan, lock)
-            diff = lockfile.compare(lock, plan)
             log.info(f"using the lock {where}" + (f" ({diff.describe()})" if not diff.up_to_date else ""))
         every_item = list(plan.items)
         if self.only:
@@ -161,7 +161,7 @@ class Provisioner:
             again = plan.items if upgrade and not self.only else []
             if upgrade and self.only:
                 again = self._chosen(plan.items, self.only)
-            lockfile.attach(plan, old, except_names={lockfile.item_name(i) for i in again})
+            lockfile.attach(plan, old, except_names={i.key for i in again})
         report = Report(warnings=list(plan.warnings))
         pending = self._preflight([i for i in plan.items if i.locked is None], report)
         outcome = self._execute(pending, self._settings(lock_only=True, update=True, dry_run=False))
@@ -183,9 +183,9 @@ class Provisioner:
         return lockfile.read_lock(where, offline=self.offline), where
 
     def _chosen(self, items: list[Item], patterns: list[str]) -> list[Item]:
-        chosen = [i for i in items if any(fnmatch.fnmatch(lockfile.item_name(i), p) for p in patterns)]
+        chosen = [i for i in items if any(fnmatch.fnmatch(i.key, p) for p in patterns)]
         if not chosen:
-            names = ", ".join(lockfile.item_name(i) for i in items)
+            names = ", ".join(i.key for i in items)
             raise ConfigError([f"--only {' '.join(patterns)}: matches no item (the items: {names})"])
         return chosen
 
@@ -232,7 +232,7 @@ class Provisioner:
 
     def _locked_files(self, plan: Plan, outcome) -> dict[str, list[lockfile.LockedFile]]:
         """Lock entries for the items this run resolved (not those it took from the lock)."""
-        unlocked = {lockfile.item_name(i): i for i in plan.items if i.locked is None}
+        unlocked = {i.key: i for i in plan.items if i.locked is None}
         entries = {
             name: lockfile.locked_files(unlocked[name], plan.models_root, files)
             for name, files in outcome.resolved.items()
@@ -265,10 +265,9 @@ class LockFailed(Exception):
         super().__init__("; ".join(f"{r.category}/{r.name}: {r.reason}" for r in report.failed))
 
 
-def _check_up_to_date(lock: lockfile.Lock | None, where: str, plan: Plan, config: str | Path) -> None:
-    if lock is None:
+def _check_up_to_date(diff: lockfile.LockDiff | None, where: str, config: str | Path) -> None:
+    if diff is None:
         raise ConfigError([f"--locked: there is no lock {where}: create it with `provision lock {config}`"])
-    diff = lockfile.compare(lock, plan)
     if not diff.up_to_date:
         raise ConfigError(
             [

@@ -87,17 +87,13 @@ class LockDiff:
         return "; ".join(parts)
 
 
-def item_name(item: Item) -> str:
-    return f"{item.category}/{item.name}"
-
-
 def request(item: Item, models_root: Path) -> str:
     """What the config asks of an item, independent of the host: the lock's `request`."""
     return f"{item.asked} -> {item.dest.relative_to(models_root).as_posix()}"
 
 
 def compare(lock: Lock, plan: Plan) -> LockDiff:
-    asked = {item_name(i): request(i, plan.models_root) for i in plan.items}
+    asked = {i.key: request(i, plan.models_root) for i in plan.items}
     return LockDiff(
         added=[n for n in asked if n not in lock.items],
         changed=[n for n in asked if n in lock.items and lock.items[n] != asked[n]],
@@ -109,7 +105,7 @@ def attach(plan: Plan, lock: Lock, *, except_names: set[str] | None = None) -> N
     """Pin each item whose request is unchanged to its locked files (`Item.locked`), except the
     named ones (to be resolved again). A locked path outside its item's folder is refused."""
     for item in plan.items:
-        name = item_name(item)
+        name = item.key
         if lock.items.get(name) != request(item, plan.models_root) or name in (except_names or set()):
             continue
         files = tuple(
@@ -151,7 +147,7 @@ def locked_files(
             size = download.dest.stat().st_size
         out.append(
             LockedFile(
-                item=item_name(item),
+                item=item.key,
                 path=download.dest.relative_to(models_root).as_posix(),
                 size=size,
                 source=item.source,
@@ -170,7 +166,7 @@ def merged(lock: Lock | None, plan: Plan, resolved: dict[str, list[LockedFile]])
     items: dict[str, str] = {}
     files: list[LockedFile] = []
     for item in plan.items:
-        name = item_name(item)
+        name = item.key
         if name in resolved:
             chosen = resolved[name]
         elif item.locked is not None:

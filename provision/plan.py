@@ -73,6 +73,11 @@ class Item:
         return SOURCE_NAMES[type(self.spec)]
 
     @property
+    def key(self) -> str:
+        """ "category/name": what --only matches and what a lock names the item by."""
+        return f"{self.category}/{self.name}"
+
+    @property
     def table(self) -> str:
         return f"models.{self.category}.{self.name}"
 

@@ -129,9 +129,7 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> Outcome:
         return Outcome([_planned(entry, verified) for entry in work], {})
     results = _fetch_all(work, settings, verified, done_before)
     resolved = {
-        f"{entry.item.category}/{entry.item.name}": [
-            (d, *entry.fetched.get(d.dest, (d.checksum, None))) for d in entry.downloads
-        ]
+        entry.item.key: [(d, *entry.fetched.get(d.dest, (d.checksum, None))) for d in entry.downloads]
         for entry in work
         if not entry.error and entry.in_place is None
     }
@@ -227,10 +225,9 @@ def _fetch_all(
         except FetchError as err:
             error = f"{download.dest.name}: {redact(str(err))}"
             if download.locked and settings.drift_hint:
-                item = f"{entry.item.category}/{entry.item.name}"
                 error += (
-                    f"; the lock pins {item} to these bytes: if the source changed them on purpose,"
-                    f" run `{settings.drift_hint.format(item=item)}`"
+                    f"; the lock pins {entry.item.key} to these bytes: if the source changed them on"
+                    f" purpose, run `{settings.drift_hint.format(item=entry.item.key)}`"
                 )
         except OSError as err:
             if err.errno == errno.ENOSPC:
