@@ -24,9 +24,17 @@ PROXIED = ("sdnext", "filebrowser", "ttyd", "logdy")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each socket stays bound until all are chosen, so no two are the same
+    (init refuses a port given twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def defaults() -> dict[str, str]:
@@ -159,13 +167,13 @@ def make_runtime(root: Path, extra_env: dict[str, str] | None = None) -> Runtime
         "PROVISION_RETRY_BASE": "0.01",
     }
     runtime = Runtime(root=root, env=env)
+    ports = free_ports(2 * len(PROXIED) + 1)
     for service in PROXIED:
         upper = service.upper()
-        runtime.ports[service] = free_port()
-        runtime.internal[service] = free_port()
+        runtime.ports[service], runtime.internal[service] = ports.pop(), ports.pop()
         env[f"{upper}_PORT"] = str(runtime.ports[service])
         env[f"{upper}_INTERNAL_PORT"] = str(runtime.internal[service])
-    env["GUARD_INTERNAL_PORT"] = str(free_port())
+    env["GUARD_INTERNAL_PORT"] = str(ports.pop())
     env.update(extra_env or {})
     return runtime
 
