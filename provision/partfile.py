@@ -10,6 +10,7 @@ both files go and the download starts over. `commit` is the only way to the fina
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -100,8 +101,13 @@ class PartFile:
         with self._save_lock:
             self._last_save = time.monotonic()
             tmp = self.state_path.with_name(f"{self.state_path.name}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.state_path)
+            try:
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, self.state_path)
+            except BaseException:  # a full disk: the last state saved stays, and no stray file
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
 
     def commit(self) -> None:
         """The verified part becomes the file: fsync, atomic rename, fsync of the folder."""
@@ -111,6 +117,18 @@ class PartFile:
         _fsync_dir(self.dest.parent)
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
+
+
+def write_at(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of `data` at `offset`. A write can take fewer bytes than it was given: a disk
+    that fills up takes what fits and only the next write fails (ENOSPC), and FUSE or network
+    filesystems may stop short. Bytes counted as on disk that are not would poison the resume
+    state, and the next run would end in a checksum mismatch and download it all again."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        if written <= 0:
+            raise OSError(errno.EIO, f"the disk took none of {len(data)} bytes at offset {offset}")
+        data, offset = data[written:], offset + written
 
 
 def _fsync_dir(path: Path) -> None:

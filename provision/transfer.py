@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import requests
 
 from .download import Download, FetchError
 from .hashing import PrefixHasher
-from .partfile import PartFile, PartState
+from .partfile import PartFile, PartState, write_at
 from .ranges import Ranges, split
 from .retry import Retryable
 
@@ -314,7 +313,7 @@ class Transfer:
                 n = read_into(view[:want])
                 if not n:
                     break
-                os.pwrite(fd, view[:n], offset)
+                write_at(fd, view[:n], offset)
                 offset += n
                 with self.lock:
                     self.done.add(offset - n, offset)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from .conftest import blob, sha256, tree
+from .conftest import REPO, SECRET_VARS, blob, sha256, tree
 from .fakes.gdrive import DriveFile
 from .fakes.server import FakeServer
 
@@ -222,3 +227,76 @@ def test_google_drive_under_load_is_retried(cli, write_config, drive, models):
     assert result.code == 0, result.err
     assert sha256((models / "ESRGAN" / "upscaler.pth").read_bytes()) == sha256(DATA)
     assert drive.faults == []
+
+
+@pytest.fixture
+def small_disk(models):
+    """The models' ESRGAN folder on a filesystem of its own (a 100 MiB tmpfs in a mount namespace
+    of a holder process), which can really fill up. Yields the holder's pid; the test sees the
+    folder through /proc/PID/root and runs provision inside with nsenter."""
+    folder = models / "ESRGAN"
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f"mount -t tmpfs -o size=100m tmpfs '{folder}' && echo mounted && exec sleep 600"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        if holder.stdout.readline().strip() != "mounted":
+            pytest.skip("needs unshare with user and mount namespaces (a tmpfs of its own)")
+        yield holder.pid, Path(f"/proc/{holder.pid}/root{folder}")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Fill the filesystem of `folder` until `leave` bytes are free (what another program does
+    to a rented disk while a download runs)."""
+    filler = folder / "filler"
+    stat = os.statvfs(folder)
+    with open(filler, "wb") as file:
+        file.write(b"\0" * (stat.f_bavail * stat.f_frsize - leave))
+    return filler
+
+
+def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
+    small_disk, write_config, cdn, workspace, tmp_path
+):
+    pid, folder = small_disk
+    data = blob(24 * 1024 * 1024 + 4321, seed=21)
+    cdn.add("/big.pth", data)
+    cdn.gate = threading.Event()  # headers go out, bodies wait: the download has passed its space check
+    config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    command = ["nsenter", "-t", str(pid), "-U", "-m", "--", sys.executable, "-m", "provision",
+               str(config), "--workspace", str(workspace), "--json", "--connections", "4"]  # fmt: skip
+    first = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    part = folder / "big.pth.part"
+    wait_for(part.exists, first)
+    filler = fill(folder, leave=1536 * 1024)  # a write of 1 MiB fits, the next only half
+    cdn.gate.set()
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 1, err
+    (row,) = json.loads(out)
+    assert "is full: free some space or rent a bigger disk, then run again" in row["reason"]
+    assert sorted(p.name for p in folder.iterdir()) == ["big.pth.part", "big.pth.part.state", "filler"]
+
+    filler.unlink()  # the user frees space and runs again
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["big.pth"]
+    assert sha256((folder / "big.pth").read_bytes()) == sha256(data)
+
+
+def wait_for(condition, process: subprocess.Popen) -> None:
+    """Wait until `condition()` holds (an event in another process, so it is looked at
+    repeatedly); fails at once if the process ends first."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended first: {process.communicate()}")
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
