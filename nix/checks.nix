@@ -14,6 +14,7 @@
   ruff,
   bashInteractive,
   coreutils,
+  util-linux, # unshare, nsenter, mount: the full-disk test's own small filesystem
   provision, # init runs `provision --list-folders`; the provision service runs it for real
 }:
 let
@@ -47,6 +48,7 @@ in
           git
           bashInteractive
           coreutils
+          util-linux
           provision
         ];
       }

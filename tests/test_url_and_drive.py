@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, SECRET_VARS, blob, sha256, tree
+from .conftest import REPO, SECRET_VARS, blob, sha256, tree, which
 from .fakes.gdrive import DriveFile
 from .fakes.server import FakeServer
 
@@ -232,19 +232,23 @@ def test_google_drive_under_load_is_retried(cli, write_config, drive, models):
 @pytest.fixture
 def small_disk(models):
     """The models' ESRGAN folder on a filesystem of its own (a 100 MiB tmpfs in a mount namespace
-    of a holder process), which can really fill up. Yields the holder's pid; the test sees the
-    folder through /proc/PID/root and runs provision inside with nsenter."""
+    of a holder process), which can really fill up. Yields the command prefix that runs a program
+    inside (nsenter) and the folder as the test sees it (through /proc/PID/root)."""
     folder = models / "ESRGAN"
     folder.mkdir(parents=True)
+    unshare, nsenter = which("unshare"), which("nsenter")
+    if unshare is None or nsenter is None:
+        pytest.skip("needs unshare and nsenter (util-linux)")
     holder = subprocess.Popen(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+        [unshare, "--user", "--map-root-user", "--mount", "bash", "-c",
          f"mount -t tmpfs -o size=100m tmpfs '{folder}' && echo mounted && exec sleep 600"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
         if holder.stdout.readline().strip() != "mounted":
             pytest.skip("needs unshare with user and mount namespaces (a tmpfs of its own)")
-        yield holder.pid, Path(f"/proc/{holder.pid}/root{folder}")
+        inside = [nsenter, "-t", str(holder.pid), "--user", "--mount", "--"]
+        yield inside, Path(f"/proc/{holder.pid}/root{folder}")
     finally:
         holder.kill()
         holder.wait()
@@ -261,16 +265,16 @@ def fill(folder: Path, leave: int) -> Path:
 
 
 def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
-    small_disk, write_config, cdn, workspace, tmp_path
+    small_disk, write_config, cdn, workspace
 ):
-    pid, folder = small_disk
+    inside, folder = small_disk
     data = blob(24 * 1024 * 1024 + 4321, seed=21)
     cdn.add("/big.pth", data)
     cdn.gate = threading.Event()  # headers go out, bodies wait: the download has passed its space check
     config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
-    command = ["nsenter", "-t", str(pid), "-U", "-m", "--", sys.executable, "-m", "provision",
-               str(config), "--workspace", str(workspace), "--json", "--connections", "4"]  # fmt: skip
+    command = [*inside, sys.executable, "-m", "provision", str(config), "--workspace", str(workspace),
+               "--json", "--connections", "4"]  # fmt: skip
     first = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
