@@ -19,7 +19,8 @@ HASH_BLOCK = 1 * MiB
 
 
 class PrefixHasher:
-    """Hashes the `.part` front to back while pieces arrive, from the contiguous prefix."""
+    """Hashes the `.part` front to back while pieces arrive, from the contiguous prefix: from
+    memory when bytes arrive in order, read back from the file when they arrived ahead."""
 
     def __init__(self, transfer: Transfer):
         self.transfer = transfer
@@ -41,7 +42,17 @@ class PrefixHasher:
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
 
-    def poke(self) -> None:
+    def wrote(self, start: int, data: memoryview) -> None:
+        """`data` was just written at `start`. When it is the next byte to hash (the piece at
+        the front of the file, or a single stream) it is hashed from memory here, and is not
+        read back; either way the hashing thread is woken, for what this write made contiguous."""
+        if self.lock.acquire(blocking=False):  # busy reading back: it will read these too
+            try:
+                if self.upto == start and (self.header_done or self.algorithm != "git-sha1"):
+                    self.digest.update(data)
+                    self.upto += len(data)
+            finally:
+                self.lock.release()
         self.wake.set()
 
     def _follow(self) -> None:

@@ -319,7 +319,7 @@ class Transfer:
                     self.done.add(offset - n, offset)
                     self.transferred += n
                 self.progress.advance(self.download, n)
-                self.hasher.poke()
+                self.hasher.wrote(offset - n, view[:n])
                 self._save_state()
             limit = self._limit(end, piece)
             if limit is not None and offset < limit and not self.stop.is_set():
