@@ -21,8 +21,8 @@ from urllib.parse import unquote, urlsplit
 from .config import ConfigError, parse_toml
 from .configsource import is_remote, read_config
 from .download import Checksum, Download
+from .paths import write_atomically
 from .plan import Item, Plan, UrlSpec
-from .records import write_atomically
 
 LOCK_VERSION = 1
 # Where each hash came from (the `sha256_from` key): said in the lock and in the output.

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .paths import write_atomically
 from .ranges import Ranges
 
 SAVE_INTERVAL = 0.5
@@ -100,14 +101,7 @@ class PartFile:
         }
         with self._save_lock:
             self._last_save = time.monotonic()
-            tmp = self.state_path.with_name(f"{self.state_path.name}.{threading.get_ident()}.tmp")
-            try:
-                tmp.write_text(json.dumps(data))
-                os.replace(tmp, self.state_path)
-            except BaseException:  # a full disk: the last state saved stays, and no stray file
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            write_atomically(self.state_path, json.dumps(data))  # a full disk keeps the last one
 
     def commit(self) -> None:
         """The verified part becomes the file: fsync, atomic rename, fsync of the folder."""

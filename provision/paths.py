@@ -1,8 +1,12 @@
-"""Where things live in the workspace, and file names that are safe to write."""
+"""Where things live in the workspace, file names that are safe to write, and how a small file
+is replaced so that no reader sees it half written."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -22,6 +26,20 @@ def log_file(workspace: Path) -> Path:
 def state_dir(workspace: Path) -> Path:
     """Verification records and the like: outside the models root, so SD.Next never sees them."""
     return workspace / ".provision"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace the file atomically: a reader sees the old content or the new, never half. On a
+    full disk the old content stays and no temporary file is left beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def safe_filename(name: str | None) -> str | None:

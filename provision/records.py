@@ -112,12 +112,4 @@ def workspace_records(workspace: Path) -> tuple[VerifiedRecords, ItemRecords]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    write_atomically(path, json.dumps(data, indent=1))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace the file atomically: a reader sees the old content or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    paths.write_atomically(path, json.dumps(data, indent=1))

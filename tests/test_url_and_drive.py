@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from provision.paths import write_atomically
 
 from .conftest import REPO, SECRET_VARS, blob, sha256, tree, which
 from .fakes.gdrive import DriveFile
@@ -293,6 +296,18 @@ def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["big.pth"]
     assert sha256((folder / "big.pth").read_bytes()) == sha256(data)
+
+
+def test_a_record_rewritten_on_a_full_disk_keeps_its_old_content_and_leaves_nothing(small_disk):
+    _, folder = small_disk
+    record = folder / "verified.json"
+    write_atomically(record, '{"old": 1}')
+    fill(folder, leave=0)
+    with pytest.raises(OSError) as failed:
+        write_atomically(record, '{"new": 2}' + " " * 8192)
+    assert failed.value.errno == errno.ENOSPC
+    assert record.read_text() == '{"old": 1}'
+    assert sorted(p.name for p in folder.iterdir()) == ["filler", "verified.json"]
 
 
 def wait_for(condition, process: subprocess.Popen) -> None:
