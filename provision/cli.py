@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -215,8 +216,24 @@ def guarded(action: Callable[[], T]) -> tuple[T, None] | tuple[None, int]:
     except WorkspaceBusy as err:
         log.error(f"error: {err}")
         return None, EXIT_FAILED
+    except OSError as err:
+        if err.errno not in _WORKSPACE_ERRORS:
+            raise
+        log.error(f"error: {describe_workspace_error(err)}")
+        return None, EXIT_FAILED
     except (Interrupted, KeyboardInterrupt) as stop:
         _leave_interrupted(stop)
+
+
+# What the workspace's disk can refuse (an item's own download reports these per item).
+_WORKSPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def describe_workspace_error(err: OSError) -> str:
+    where = f": {err.filename}" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full{where}; free some space or rent a bigger disk, then run again"
+    return f"{err.strerror}{where}; --workspace (or $WORKSPACE) must be a folder this user can write"
 
 
 def _leave_interrupted(stop: BaseException) -> NoReturn:

@@ -188,8 +188,9 @@ class Engine:
             free = shutil.disk_usage(download.dest.parent).free - self._reserved.get(device, 0)
             if need + DISK_MARGIN > free:
                 raise FetchError(
-                    f"not enough disk space: needs {_mib(need)} more, {_mib(max(free, 0))} free on the disk"
-                    f" of {download.dest.parent}; free some space or rent a bigger disk"
+                    f"not enough disk space: needs {_mib(need)} more and {_mib(DISK_MARGIN)} to spare,"
+                    f" {_mib(max(free, 0))} free on the disk of {download.dest.parent}; free some space"
+                    " or rent a bigger disk"
                 )
             self._reserved[device] = self._reserved.get(device, 0) + need
         try:
@@ -293,4 +294,4 @@ class Engine:
 
 
 def _mib(n: int) -> str:
-    return f"{n / MiB:.0f} MiB"
+    return f"{n / MiB:.1f} MiB" if n < 10 * MiB else f"{n / MiB:.0f} MiB"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -33,6 +34,29 @@ class _ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """The log file, until a write fails (a full disk): then one warning on the console and no
+    more attempts, instead of logging's traceback for every line that follows."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self.broken = True
+        with contextlib.suppress(OSError):
+            self.close()
+        logging.getLogger(LOGGER_NAME).warning(
+            f"cannot write the log file {self.baseFilename}: {error.strerror}; logging to the console only"
+        )
+
+
 def setup_logging(log_file: Path | None, *, verbosity: int = 0) -> str | None:
     """Configure the `provision` logger; returns a warning when the log file can't be opened.
 
@@ -54,7 +78,7 @@ def setup_logging(log_file: Path | None, *, verbosity: int = 0) -> str | None:
         return None
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        handler = _LogFileHandler(log_file, mode="a", encoding="utf-8")
     except OSError as err:
         return f"cannot write the log file {log_file}: {err.strerror}; logging to the console only"
     handler.setLevel(logging.DEBUG)

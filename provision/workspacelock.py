@@ -55,8 +55,9 @@ def workspace_lock(state_dir: Path, *, wait: bool = True) -> Iterator[None]:
             )
             fcntl.flock(fd, fcntl.LOCK_EX)
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
+        with contextlib.suppress(OSError):  # a full disk: the flock holds all the same
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the flock

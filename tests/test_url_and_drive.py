@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -232,19 +233,17 @@ def test_google_drive_under_load_is_retried(cli, write_config, drive, models):
     assert drive.faults == []
 
 
-@pytest.fixture
-def small_disk(models):
-    """The models' ESRGAN folder on a filesystem of its own (a 100 MiB tmpfs in a mount namespace
-    of a holder process), which can really fill up. Yields the command prefix that runs a program
+@contextlib.contextmanager
+def own_filesystem(folder: Path, options: str):
+    """`folder` on a tmpfs of its own (mount `options`) in the mount namespace of a holder
+    process: a disk that can really fill up. Yields the command prefix that runs a program
     inside (nsenter) and the folder as the test sees it (through /proc/PID/root)."""
-    folder = models / "ESRGAN"
-    folder.mkdir(parents=True)
     unshare, nsenter = which("unshare"), which("nsenter")
     if unshare is None or nsenter is None:
         pytest.skip("needs unshare and nsenter (util-linux)")
     holder = subprocess.Popen(
         [unshare, "--user", "--map-root-user", "--mount", "bash", "-c",
-         f"mount -t tmpfs -o size=100m tmpfs '{folder}' && echo mounted && exec sleep 600"],
+         f"mount -t tmpfs -o {options} tmpfs '{folder}' && echo mounted && exec sleep 600"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
@@ -255,6 +254,19 @@ def small_disk(models):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.fixture
+def small_disk(models):
+    """The models' ESRGAN folder on a 100 MiB disk of its own."""
+    folder = models / "ESRGAN"
+    folder.mkdir(parents=True)
+    with own_filesystem(folder, "size=100m") as disk:
+        yield disk
+
+
+def provision_inside(inside: list[str], config: Path, workspace: Path, *args: str) -> list[str]:
+    return [*inside, sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), *args]
 
 
 def fill(folder: Path, leave: int) -> Path:
@@ -276,8 +288,7 @@ def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
     cdn.gate = threading.Event()  # headers go out, bodies wait: the download has passed its space check
     config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
-    command = [*inside, sys.executable, "-m", "provision", str(config), "--workspace", str(workspace),
-               "--json", "--connections", "4"]  # fmt: skip
+    command = provision_inside(inside, config, workspace, "--json", "--connections", "4")
     first = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -308,6 +319,48 @@ def test_a_record_rewritten_on_a_full_disk_keeps_its_old_content_and_leaves_noth
     assert failed.value.errno == errno.ENOSPC
     assert record.read_text() == '{"old": 1}'
     assert sorted(p.name for p in folder.iterdir()) == ["filler", "verified.json"]
+
+
+def test_a_workspace_on_a_full_disk_says_so_in_one_line_never_a_traceback(write_config, cdn, workspace):
+    cdn.add("/small.pth", blob(300_000, seed=3))
+    items = [f'm{n} = "{cdn.url}/missing-{n}.pth"' for n in range(30)]  # a log longer than a page
+    config = write_config(f'[models.esrgan]\nsmall = "{cdn.url}/small.pth"\n')
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    workspace.mkdir()
+    with own_filesystem(workspace, "size=80m") as (inside, ws):  # room for the file and the margin
+        command = provision_inside(inside, config, workspace, "--json")
+        first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr
+        fill(ws, leave=0)  # the log, the lock and the records exist; now the disk is full
+        config.write_text(config.read_text() + "\n".join(items) + "\n")
+        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        log_text = (ws / "logs" / "provision.log").read_text()
+    assert second.returncode == 1
+    assert second.stderr.count("cannot write the log file") == 1, second.stderr
+    assert "No space left on device; logging to the console only" in second.stderr
+    assert "Traceback" not in second.stderr and "Logging error" not in second.stderr
+    rows = {row["name"]: row for row in json.loads(second.stdout)}
+    assert rows["small"]["status"] == "skipped"  # in place: a full disk does not undo what is there
+    assert rows["m0"]["reason"].endswith("answered 404: check the URL")
+    assert "start models.esrgan.small" in log_text  # what the first run wrote is still there
+
+
+def test_a_workspace_on_a_disk_with_no_room_left_fails_with_the_fix(write_config, cdn, workspace):
+    cdn.add("/small.pth", blob(300_000, seed=3))
+    config = write_config(f'[models.esrgan]\nsmall = "{cdn.url}/small.pth"\n')
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    workspace.mkdir()
+    with own_filesystem(workspace, "size=16m,nr_inodes=1") as (inside, ws):  # no file can be made
+        command = provision_inside(inside, config, workspace)
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        left = sorted(p.name for p in ws.iterdir())
+    assert result.returncode == 1
+    assert (
+        f"error: the disk is full: {workspace}/.provision; free some space or rent a bigger disk"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert left == []
 
 
 def wait_for(condition, process: subprocess.Popen) -> None:
