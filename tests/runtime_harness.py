@@ -6,6 +6,7 @@ import contextlib
 import glob
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,13 +29,26 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: each socket stays bound until all are chosen, so no two are the same
-    (init refuses a port given twice)."""
+    """Distinct free ports for servers a test starts later. They come from below the kernel's
+    ephemeral range: a port handed out by bind(0) is free again once its socket closes, and
+    any outgoing connection (a test's request, a service's) may take it before the server
+    binds it (seen: Caddy refused to start). Each stays bound until all are chosen, so no two
+    are the same (init refuses a port given twice)."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    outside = [port for port in range(10000, 65536) if not low <= port <= high]
+    candidates = random.sample(outside, min(len(outside), 50 * count))
+    chosen: list[int] = []
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        for port in candidates:
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError(f"no {count} free ports outside the ephemeral range {low}-{high}")
 
 
 def defaults() -> dict[str, str]:
