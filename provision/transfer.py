@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +38,7 @@ MiB = 1024 * 1024
 FIRST_PIECE = 4 * MiB  # the first request when the size is not known yet
 PIECE = 32 * MiB  # files are cut into pieces of this size
 TAIL_SHARE = 4  # near a file's end, a request asks for at most this share of what is left
+RECEIVER_NICENESS = 10  # piece workers run this much nicer than the hashers (yield_to_hashing)
 MIN_STEAL = 4 * MiB  # a piece's unasked rest is halved for an idle connection only above twice this
 
 
@@ -69,6 +72,20 @@ def body_reader(response: requests.Response):
             raise requests.exceptions.ConnectionError(f"{type(err).__name__}: {err}") from None
 
     return read
+
+
+def yield_to_hashing() -> None:
+    """Lower the calling (receiving) thread's CPU priority by RECEIVER_NICENESS. On a host with
+    few cores a fast link keeps every core busy, and the scheduler shares them out per thread:
+    16 receivers leave the one thread that hashes a file a seventeenth, so the hash falls a GiB
+    behind and finishes alone after the last byte, one core idle (measured on 2 cores: 0.75 s
+    of a 4.8 s run; 6% less wall time with this, the same CPU). With cores to spare nothing
+    changes. Linux threads have a niceness of their own; elsewhere this does nothing."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + RECEIVER_NICENESS)
 
 
 def release_if_read(response: requests.Response) -> None:
@@ -396,6 +413,7 @@ class Transfer:
         """Take pieces until none is left, holding a connection slot from one to the next (not
         through a retry's backoff): a piece is claimed, or stolen, only with a slot in hand."""
         holding = False
+        yield_to_hashing()
         try:
             while not self.stop.is_set():
                 if piece is None:

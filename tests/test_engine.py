@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -236,6 +242,35 @@ def test_writes_that_take_only_part_of_their_bytes_are_completed(engine, cdn, tm
     result = engine().fetch(download(cdn, tmp_path, data=LARGE))
     assert (result.status, result.bytes) == ("ok", len(LARGE))
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+
+
+def niceness_of_threads() -> list[int]:
+    """The niceness of each thread of this process (field 19 of /proc/self/task/TID/stat)."""
+    found = []
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            found.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads have their own niceness on Linux only")
+def test_receivers_run_nicer_than_the_hashing_so_the_hash_keeps_up(engine, cdn, tmp_path):
+    cdn.add("/m.safetensors", LARGE)
+    cdn.gate = threading.Event()  # the piece workers wait for their bodies
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fetching = pool.submit(engine(connections=3, per_file=3).fetch, download(cdn, tmp_path, data=LARGE))
+        lowered = base + transfer.RECEIVER_NICENESS
+        deadline = time.monotonic() + 30  # until the three receivers wait for their bodies
+        while time.monotonic() < deadline:
+            niceness = niceness_of_threads()
+            if len(cdn.requests) >= 3 and niceness.count(lowered) >= 3:
+                break
+            time.sleep(0.01)
+        cdn.gate.set()
+        assert fetching.result(timeout=60).status == "ok"
+    assert niceness.count(lowered) == 3, niceness  # the three receivers
+    assert niceness.count(base) >= 2  # this thread, the file's own and its hasher are not lowered
 
 
 def test_unknown_size_single_stream(engine, cdn, tmp_path):
