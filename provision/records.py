@@ -8,6 +8,7 @@ mtime changed since it was recorded is hashed again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from . import paths
 from .download import Checksum, Download
+
+log = logging.getLogger("provision")
 
 
 @dataclass
@@ -112,4 +115,10 @@ def workspace_records(workspace: Path) -> tuple[VerifiedRecords, ItemRecords]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    paths.write_atomically(path, json.dumps(data, indent=1))
+    """Save the records. A disk that fills up (or goes read-only) must not fail an item whose
+    file is verified and in place: the records stay in memory, the next save writes them all,
+    and if none succeeds the next run hashes those files once more."""
+    try:
+        paths.write_atomically(path, json.dumps(data, indent=1))
+    except OSError as err:
+        log.warning(f"cannot save {path} ({err.strerror}): the next run hashes these files again")

@@ -363,6 +363,31 @@ def test_a_workspace_on_a_disk_with_no_room_left_fails_with_the_fix(write_config
     assert left == []
 
 
+def test_records_that_cannot_be_saved_do_not_fail_a_verified_download(write_config, cdn, workspace, models):
+    data = blob(300_000, seed=4)
+    cdn.add("/small.pth", data)
+    config = write_config(f'[models.esrgan.small]\nurl = "{cdn.url}/small.pth"\nsha256 = "{sha256(data)}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    state = workspace / ".provision"
+    state.mkdir(parents=True)
+    with own_filesystem(state, "size=1m") as (inside, view):
+        filler = fill(view, leave=0)  # the records' disk is full; the models' is not
+        command = provision_inside(inside, config, workspace, "--json")
+        first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert (
+            "verified.json (No space left on device): the next run hashes these files again" in first.stderr
+        )
+        assert sha256((models / "ESRGAN" / "small.pth").read_bytes()) == sha256(data)
+        assert sorted(p.name for p in view.iterdir()) == ["filler", "lock"]
+        sent = cdn.body_bytes
+        filler.unlink()
+        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert cdn.body_bytes == sent  # hashed on disk, not downloaded again
+    assert "Traceback" not in first.stderr + second.stderr
+
+
 def wait_for(condition, process: subprocess.Popen) -> None:
     """Wait until `condition()` holds (an event in another process, so it is looked at
     repeatedly); fails at once if the process ends first."""
