@@ -345,20 +345,28 @@ def test_a_workspace_on_a_full_disk_says_so_in_one_line_never_a_traceback(write_
     assert "start models.esrgan.small" in log_text  # what the first run wrote is still there
 
 
-def test_a_workspace_on_a_disk_with_no_room_left_fails_with_the_fix(write_config, cdn, workspace):
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ("size=16m,nr_inodes=1", "the disk is full: {ws}/.provision; free some space or rent a bigger disk"),
+        (
+            "size=16m,ro",
+            "Read-only file system: {ws}/.provision; --workspace (or $WORKSPACE) must be a folder",
+        ),
+    ],
+    ids=["no-inodes-left", "read-only"],
+)
+def test_a_workspace_that_cannot_be_written_fails_with_the_fix(write_config, cdn, workspace, options, said):
     cdn.add("/small.pth", blob(300_000, seed=3))
     config = write_config(f'[models.esrgan]\nsmall = "{cdn.url}/small.pth"\n')
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
     workspace.mkdir()
-    with own_filesystem(workspace, "size=16m,nr_inodes=1") as (inside, ws):  # no file can be made
+    with own_filesystem(workspace, options) as (inside, ws):  # no file can be made there
         command = provision_inside(inside, config, workspace)
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         left = sorted(p.name for p in ws.iterdir())
     assert result.returncode == 1
-    assert (
-        f"error: the disk is full: {workspace}/.provision; free some space or rent a bigger disk"
-        in result.stderr
-    )
+    assert f"error: {said.format(ws=workspace)}" in result.stderr
     assert "Traceback" not in result.stderr
     assert left == []
 
