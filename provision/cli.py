@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     log_file = args.log_file or (None if args.dry_run else paths.log_file(workspace))
     start_logging(log_file, args)
     log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
-    report, failure = guarded(lambda: provisioner.run(config, locked=args.locked))
+    report, failure = guarded(lambda: provisioner.run(config, locked=args.locked), workspace)
     if failure is not None:
         return failure
 
@@ -202,9 +202,9 @@ def start_logging(log_file: Path | None, args: argparse.Namespace) -> None:
         log.warning(warning)
 
 
-def guarded(action: Callable[[], T]) -> tuple[T, None] | tuple[None, int]:
+def guarded(action: Callable[[], T], workspace: Path) -> tuple[T, None] | tuple[None, int]:
     """Run the action under Ctrl-C/SIGTERM handling: (its result, None), or (None, the exit
-    code) after saying why for a bad config or a busy workspace."""
+    code) after saying why for a bad config, a busy workspace or a disk that refuses writes."""
     try:
         with stop_on_signals():
             return action(), None
@@ -217,22 +217,24 @@ def guarded(action: Callable[[], T]) -> tuple[T, None] | tuple[None, int]:
         log.error(f"error: {err}")
         return None, EXIT_FAILED
     except OSError as err:
-        if err.errno not in _WORKSPACE_ERRORS:
+        if err.errno not in _DISK_ERRORS:
             raise
-        log.error(f"error: {describe_workspace_error(err)}")
+        log.error(f"error: {describe_disk_error(err, workspace)}")
         return None, EXIT_FAILED
     except (Interrupted, KeyboardInterrupt) as stop:
         _leave_interrupted(stop)
 
 
-# What the workspace's disk can refuse (an item's own download reports these per item).
-_WORKSPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# What a disk can refuse (an item's own download reports these per item).
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def describe_workspace_error(err: OSError) -> str:
+def describe_disk_error(err: OSError, workspace: Path) -> str:
     where = f": {err.filename}" if err.filename else ""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk is full{where}; free some space or rent a bigger disk, then run again"
+    if err.filename and not Path(os.fsdecode(err.filename)).absolute().is_relative_to(workspace.absolute()):
+        return f"{err.strerror}{where}"  # not the workspace: no advice about --workspace
     return f"{err.strerror}{where}; --workspace (or $WORKSPACE) must be a folder this user can write"
 
 

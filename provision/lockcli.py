@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     )
     start_logging(paths.log_file(provisioner.workspace), args)
     try:
-        lock, failure = guarded(lambda: provisioner.lock(config, upgrade=args.upgrade))
+        lock, failure = guarded(lambda: provisioner.lock(config, upgrade=args.upgrade), provisioner.workspace)
     except LockFailed as failed:
         for result in failed.report.failed:
             log.error(f"failed: {result.category}/{result.name}: {result.reason}")

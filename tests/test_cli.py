@@ -240,3 +240,20 @@ def test_only_picks_items_by_category_and_name_and_says_when_nothing_matches(cli
     none = cli(config, "--dry-run", "--offline", "--only", "unet/*")
     assert none.code == 2
     assert "--only unet/*: matches no item (the items: lora/a, lora/b, vae/v)" in none.err
+
+
+def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
+    import errno
+
+    from provision.cli import describe_disk_error
+
+    def refused(path: str) -> OSError:
+        return OSError(errno.EROFS, "Read-only file system", path)
+
+    inside = describe_disk_error(refused("/workspace/.provision"), Path("/workspace"))
+    assert inside == (
+        "Read-only file system: /workspace/.provision; --workspace (or $WORKSPACE) must be a folder"
+        " this user can write"
+    )
+    elsewhere = describe_disk_error(refused("/root/.cache/huggingface/x"), Path("/workspace"))
+    assert elsewhere == "Read-only file system: /root/.cache/huggingface/x"
