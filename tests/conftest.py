@@ -106,12 +106,20 @@ def cli(capsys, workspace):
     return run
 
 
-def run_module(*args: str, env: dict | None = None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    """`python -m provision ...` in a child process (exit codes, argv, signals)."""
-    full_env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+def child_env() -> dict[str, str]:
+    """The environment for a child process: this one's, without any secret."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+
+
+def run_module(
+    *args: str, env: dict | None = None, cwd=None, timeout=120, inside: list[str] = ()
+) -> subprocess.CompletedProcess:
+    """`python -m provision ...` in a child process (exit codes, argv, signals); `inside`: a
+    command prefix to run it under (nsenter into a namespace)."""
+    full_env = child_env()
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
+        [*inside, sys.executable, "-m", "provision", *args],
         env=full_env,
         cwd=cwd,
         capture_output=True,

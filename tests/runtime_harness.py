@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports for servers a test starts later. They come from below the kernel's
+    """Distinct free ports for servers a test starts later. They come from outside the kernel's
     ephemeral range: a port handed out by bind(0) is free again once its socket closes, and
     any outgoing connection (a test's request, a service's) may take it before the server
     binds it (seen: Caddy refused to start). Each stays bound until all are chosen, so no two

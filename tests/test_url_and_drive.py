@@ -16,7 +16,7 @@ import pytest
 
 from provision.paths import write_atomically
 
-from .conftest import REPO, SECRET_VARS, blob, sha256, tree, which
+from .conftest import blob, child_env, run_module, sha256, tree, which
 from .fakes.gdrive import DriveFile
 from .fakes.server import FakeServer
 
@@ -265,10 +265,6 @@ def small_disk(models):
         yield disk
 
 
-def provision_inside(inside: list[str], config: Path, workspace: Path, *args: str) -> list[str]:
-    return [*inside, sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), *args]
-
-
 def fill(folder: Path, leave: int) -> Path:
     """Fill the filesystem of `folder` until `leave` bytes are free (what another program does
     to a rented disk while a download runs)."""
@@ -287,10 +283,13 @@ def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
     cdn.add("/big.pth", data)
     cdn.gate = threading.Event()  # headers go out, bodies wait: the download has passed its space check
     config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
-    command = provision_inside(inside, config, workspace, "--json", "--connections", "4")
+    args = (str(config), "--workspace", str(workspace), "--json", "--connections", "4")
     first = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*inside, sys.executable, "-m", "provision", *args],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     part = folder / "big.pth.part"
     wait_for(part.exists, first)
@@ -303,7 +302,7 @@ def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
     assert sorted(p.name for p in folder.iterdir()) == ["big.pth.part", "big.pth.part.state", "filler"]
 
     filler.unlink()  # the user frees space and runs again
-    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    second = run_module(*args, inside=inside)
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["big.pth"]
     assert sha256((folder / "big.pth").read_bytes()) == sha256(data)
@@ -325,15 +324,14 @@ def test_a_workspace_on_a_full_disk_says_so_in_one_line_never_a_traceback(write_
     cdn.add("/small.pth", blob(300_000, seed=3))
     items = [f'm{n} = "{cdn.url}/missing-{n}.pth"' for n in range(30)]  # a log longer than a page
     config = write_config(f'[models.esrgan]\nsmall = "{cdn.url}/small.pth"\n')
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
     workspace.mkdir()
     with own_filesystem(workspace, "size=80m") as (inside, ws):  # room for the file and the margin
-        command = provision_inside(inside, config, workspace, "--json")
-        first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        args = (str(config), "--workspace", str(workspace), "--json")
+        first = run_module(*args, inside=inside)
         assert first.returncode == 0, first.stderr
         fill(ws, leave=0)  # the log, the lock and the records exist; now the disk is full
         config.write_text(config.read_text() + "\n".join(items) + "\n")
-        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        second = run_module(*args, inside=inside)
         log_text = (ws / "logs" / "provision.log").read_text()
     assert second.returncode == 1
     assert second.stderr.count("cannot write the log file") == 1, second.stderr
@@ -359,11 +357,9 @@ def test_a_workspace_on_a_full_disk_says_so_in_one_line_never_a_traceback(write_
 def test_a_workspace_that_cannot_be_written_fails_with_the_fix(write_config, cdn, workspace, options, said):
     cdn.add("/small.pth", blob(300_000, seed=3))
     config = write_config(f'[models.esrgan]\nsmall = "{cdn.url}/small.pth"\n')
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
     workspace.mkdir()
     with own_filesystem(workspace, options) as (inside, ws):  # no file can be made there
-        command = provision_inside(inside, config, workspace)
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        result = run_module(str(config), "--workspace", str(workspace), inside=inside)
         left = sorted(p.name for p in ws.iterdir())
     assert result.returncode == 1
     assert f"error: {said.format(ws=workspace)}" in result.stderr
@@ -375,13 +371,12 @@ def test_records_that_cannot_be_saved_do_not_fail_a_verified_download(write_conf
     data = blob(300_000, seed=4)
     cdn.add("/small.pth", data)
     config = write_config(f'[models.esrgan.small]\nurl = "{cdn.url}/small.pth"\nsha256 = "{sha256(data)}"\n')
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
     state = workspace / ".provision"
     state.mkdir(parents=True)
     with own_filesystem(state, "size=1m") as (inside, view):
         filler = fill(view, leave=0)  # the records' disk is full; the models' is not
-        command = provision_inside(inside, config, workspace, "--json")
-        first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        args = (str(config), "--workspace", str(workspace), "--json")
+        first = run_module(*args, inside=inside)
         assert first.returncode == 0, first.stderr
         assert (
             "verified.json (No space left on device): the next run hashes these files again" in first.stderr
@@ -390,7 +385,7 @@ def test_records_that_cannot_be_saved_do_not_fail_a_verified_download(write_conf
         assert sorted(p.name for p in view.iterdir()) == ["filler", "lock"]
         sent = cdn.body_bytes
         filler.unlink()
-        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        second = run_module(*args, inside=inside)
     assert second.returncode == 0, second.stderr
     assert cdn.body_bytes == sent  # hashed on disk, not downloaded again
     assert "Traceback" not in first.stderr + second.stderr
