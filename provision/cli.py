@@ -231,8 +231,8 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def describe_disk_error(err: OSError, workspace: Path) -> str:
     where = f": {err.filename}" if err.filename else ""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"the disk is full{where}; free some space or rent a bigger disk, then run again"
+    if full := paths.disk_full(err):
+        return f"the disk is {full}{where}; free some space or rent a bigger disk, then run again"
     if err.filename and not Path(os.fsdecode(err.filename)).absolute().is_relative_to(workspace.absolute()):
         return f"{err.strerror}{where}"  # not the workspace: no advice about --workspace
     return f"{err.strerror}{where}; --workspace (or $WORKSPACE) must be a folder this user can write"

@@ -4,6 +4,7 @@ is replaced so that no reader sees it half written."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import threading
@@ -13,6 +14,16 @@ from pathlib import Path
 DEFAULT_WORKSPACE = "/workspace"
 _MAX_NAME_BYTES = 255
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
+
+
+def disk_full(err: OSError) -> str | None:
+    """How a write that found no room reads to a user, or None when it failed otherwise. A used-up
+    quota (EDQUOT) is said as such: `df` still shows free space there."""
+    if err.errno == errno.ENOSPC:
+        return "full"
+    if err.errno == errno.EDQUOT:
+        return "full for this user (its disk quota is used up)"
+    return None
 
 
 def models_root(workspace: Path) -> Path:

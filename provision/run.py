@@ -7,7 +7,6 @@ engine's global cap on connections, and folds the files back into one result per
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
@@ -230,10 +229,10 @@ def _fetch_all(
                     f" purpose, run `{settings.drift_hint.format(item=entry.item.key)}`"
                 )
         except OSError as err:
-            if err.errno == errno.ENOSPC:
+            if full := paths.disk_full(err):
                 error = (
-                    f"{download.dest.name}: the disk of {download.dest.parent} is full: free some space or "
-                    "rent a bigger disk, then run again (what is on disk resumes)"
+                    f"{download.dest.name}: the disk of {download.dest.parent} is {full}: free some space"
+                    " or rent a bigger disk, then run again (what is on disk resumes)"
                 )
             else:
                 error = f"{download.dest.name}: {err.strerror or err}" + (

@@ -257,3 +257,15 @@ def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
     )
     elsewhere = describe_disk_error(refused("/root/.cache/huggingface/x"), Path("/workspace"))
     assert elsewhere == "Read-only file system: /root/.cache/huggingface/x"
+
+
+def test_a_used_up_quota_is_not_called_a_full_disk_without_saying_so():
+    import errno
+
+    from provision.cli import describe_disk_error
+
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/workspace/.provision/verified.json")
+    assert describe_disk_error(quota, Path("/workspace")) == (
+        "the disk is full for this user (its disk quota is used up): /workspace/.provision/verified.json;"
+        " free some space or rent a bigger disk, then run again"
+    )

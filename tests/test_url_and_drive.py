@@ -202,23 +202,29 @@ def test_an_unreachable_host_is_named_in_plain_words(cli, write_config, models, 
     assert "HTTPConnectionPool" not in row["reason"]
 
 
-def test_a_full_disk_says_what_to_do(cli, write_config, cdn, models, monkeypatch):
-    import errno
-
+@pytest.mark.parametrize(
+    "code, said",
+    [
+        (errno.ENOSPC, "is full: free some space"),
+        (errno.EDQUOT, "is full for this user (its disk quota is used up): free some space"),
+    ],
+    ids=["no space left", "quota used up"],
+)
+def test_a_full_disk_says_what_to_do(cli, write_config, cdn, models, monkeypatch, code, said):
     cdn.add("/big.pth", blob(5_000_000, seed=5))
 
     real_pwrite = os.pwrite
 
     def full(fd, data, offset):
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, os.strerror(code))
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", full)
     result = run(cli, write_config, f'[models.esrgan]\nbig = "{cdn.url}/big.pth"\n')
     assert result.code == 1
     (row,) = json.loads(result.out)
-    assert "is full: free some space or rent a bigger disk, then run again" in row["reason"]
+    assert f"{said} or rent a bigger disk, then run again (what is on disk resumes)" in row["reason"]
     assert "()" not in row["reason"]
 
 
