@@ -1,6 +1,7 @@
 """Benchmark: provision a realistic model set from a loopback CDN and compare with the peers.
 
     python bench/run.py [--rate-mib 16] [--connections 16] [--scale 1.0] [--skip-8g] [--data DIR]
+                        [--server python|nginx] [--tls] [--only-engines] [--repeat N]
 
 The set: one 2 GiB checkpoint, one 1 GiB text encoder, one 320 MiB VAE and four 150 MiB LoRAs,
 served by bench/server.py with Range support and a per-connection rate cap (as a CDN has).
@@ -16,8 +17,10 @@ In the same run it measures:
 
 Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree), peak RSS (from
 /usr/bin/time, so each tool's own) and the requests the server served it. `--rate-mib 0` takes
-the cap off (the regime of a fast link). Not part of the test run; needs aria2c, curl and
-/usr/bin/time (apt-get install aria2 curl time).
+the cap off (the regime of a fast link). `--server nginx --tls` serves HTTPS, as the Hub,
+CivitAI and every CDN do: each tool then pays for decryption, and Python reads a TLS record
+(at most 16 KiB) per call where plain HTTP fills a megabyte. Not part of the test run; needs
+aria2c, curl and /usr/bin/time (apt-get install aria2 curl time), and openssl for --tls.
 """
 
 from __future__ import annotations
@@ -97,7 +100,20 @@ def measure(tool: str, command: list[str], size: int, stats, env: dict | None = 
     return row
 
 
-def start_server(kind: str, data: Path, port: int, rate_mib: float, work: Path):
+def self_signed_certificate(work: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, made for this run: every client is told to trust it."""
+    cert, key = work / "cert.pem", work / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def start_server(
+    kind: str, data: Path, port: int, rate_mib: float, work: Path, tls: tuple[Path, Path] | None
+):
     """The file server and a function giving (body bytes sent, requests served) so far: bench/
     server.py (Python, also speaks the Hub's resolve protocol) or nginx (sendfile; the server
     costs next to no CPU, so an uncapped run measures the clients)."""
@@ -115,13 +131,16 @@ def start_server(kind: str, data: Path, port: int, rate_mib: float, work: Path):
         return process, stats
     log = work / "nginx-access.log"
     limit = f"limit_rate {int(rate_mib * MiB)};" if rate_mib > 0 else ""
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        listen += f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}"
     (work / "nginx.conf").write_text(
         f"worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-error.log;\n"
         "events {}\n"
         f"http {{ log_format bytes '$body_bytes_sent'; access_log {log} bytes; sendfile on;"
         f" client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};"
         f" uwsgi_temp_path {work}; scgi_temp_path {work};"
-        f" server {{ listen 127.0.0.1:{port}; location /files/ {{ alias {data}/; {limit} }} }} }}\n"
+        f" server {{ listen {listen}; location /files/ {{ alias {data}/; {limit} }} }} }}\n"
     )
     process = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
 
@@ -212,7 +231,10 @@ def main() -> None:
         "--only-engines", action="store_true", help="provision and aria2c only (no curl, no hf)"
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of provision and aria2c (medians)")
+    parser.add_argument("--tls", action="store_true", help="HTTPS, self-signed certificate (nginx only)")
     args = parser.parse_args()
+    if args.tls and args.server != "nginx":
+        parser.error("--tls needs --server nginx (bench/server.py speaks plain HTTP)")
 
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
@@ -227,9 +249,13 @@ def main() -> None:
     total = sum((data / n).stat().st_size for n in names)
     warm([data / n for n in names])
 
-    base = f"http://127.0.0.1:{args.port}"
+    scheme = "https" if args.tls else "http"
+    base = f"{scheme}://127.0.0.1:{args.port}"
     work = Path(tempfile.mkdtemp(prefix="provision-bench-"))
-    server, stats = start_server(args.server, data, args.port, args.rate_mib, work)
+    tls = self_signed_certificate(work) if args.tls else None
+    trust = {"REQUESTS_CA_BUNDLE": str(tls[0])} if tls else {}  # provision's (requests') CA bundle
+    ours_env = {"PYTHONPATH": str(REPO), **trust}
+    server, stats = start_server(args.server, data, args.port, args.rate_mib, work, tls)
     rows: list[Row] = []
     try:
         time.sleep(1.0)
@@ -246,11 +272,11 @@ def main() -> None:
         for round_ in range(args.repeat):  # alternating, so a noisy moment hits every tool alike
             ws = fresh("provision")
             ours_cmd = provision_command(config, ws, conns)
-            rows.append(measure("provision", ours_cmd, total, stats, env={"PYTHONPATH": str(REPO)}))
+            rows.append(measure("provision", ours_cmd, total, stats, env=ours_env))
             check(ws, data, names)
             if round_ == 0:
                 before = stats()[0]
-                rerun = measure("provision (re-run)", ours_cmd, total, stats, env={"PYTHONPATH": str(REPO)})
+                rerun = measure("provision (re-run)", ours_cmd, total, stats, env=ours_env)
                 rerun.note = f"model bytes sent: {stats()[0] - before}"
                 rerun.size = 0
                 rows.append(rerun)
@@ -264,6 +290,7 @@ def main() -> None:
                 aria2 = ["aria2c", "-i", str(work / "aria2.txt"), "-d", str(out), *options, "-k", "4M"]
                 aria2 += ["--file-allocation=none", "--console-log-level=warn", "--summary-interval=0"]
                 aria2 += ["--allow-overwrite=true", "--auto-file-renaming=false"]
+                aria2 += [f"--ca-certificate={tls[0]}"] if tls else []
                 rows.append(measure("aria2c", aria2, total, stats, note=" ".join(options)))
                 check(out, data, names)
                 shutil.rmtree(out)
@@ -271,7 +298,8 @@ def main() -> None:
 
         if not args.only_engines:
             out = fresh("curl")
-            script = " && ".join(f"curl -sS --fail -o {out / n} {base}/files/{n}" for n in names)
+            cacert = f"--cacert {tls[0]} " if tls else ""
+            script = " && ".join(f"curl -sS --fail {cacert}-o {out / n} {base}/files/{n}" for n in names)
             rows.append(measure("curl (sequential)", ["sh", "-c", script], total, stats))
             check(out, data, names)
             shutil.rmtree(out)
@@ -312,7 +340,7 @@ def main() -> None:
                         cmd,
                         (data / name).stat().st_size,
                         stats,
-                        env={"PYTHONPATH": str(REPO)},
+                        env=ours_env,
                     )
                 )
                 shutil.rmtree(ws)
@@ -323,6 +351,7 @@ def main() -> None:
 
     ours = rows[0]
     cap = f"per-connection cap {args.rate_mib:g} MiB/s" if args.rate_mib > 0 else "no rate cap"
+    cap += f", {args.server} over {'HTTPS' if tls else 'plain HTTP'}"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"\n{len(names)} files, {total / MiB:.0f} MiB, {cap}, {args.connections} connections,"
