@@ -542,12 +542,18 @@ def test_started_from_a_shell_in_the_background_and_stopped_as_documented(tmp_pa
     )
     assert started.returncode == 0, started.stderr
     assert "stop with: sdnext-services stop" in started.stdout
-    wait_for(lambda: listening(runtime.ports["sdnext"]) and listening(runtime.internal["sdnext"]), 30)
-    assert get(runtime, "sdnext").status_code == 401
-    assert get(runtime, "sdnext", auth=("admin", PASSWORD)).status_code == 200
-    stopped = subprocess.run(
-        ["bash", "-c", "sdnext-services stop"], env=runtime.env, capture_output=True, text=True, timeout=30
-    )
+    try:
+        wait_for(lambda: runtime.serves("sdnext"), 30)
+        assert get(runtime, "sdnext").status_code == 401
+        assert get(runtime, "sdnext", auth=("admin", PASSWORD)).status_code == 200
+    finally:  # stopped as documented even when a check fails: no services left behind
+        stopped = subprocess.run(
+            ["bash", "-c", "sdnext-services stop"],
+            env=runtime.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert stopped.returncode == 0 and "sdnext-services: stopped" in stopped.stdout, stopped.stderr
     wait_for(lambda: runtime.tree_pids() == [], 15)
     assert "init: workspace" in (runtime.workspace / "logs" / "init.log").read_text()
