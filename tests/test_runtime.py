@@ -17,6 +17,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -601,3 +602,32 @@ def test_a_command_runs_instead_of_the_services(tmp_path, driver):
     assert result.returncode == 3, result.stderr
     assert result.stdout == f"triton={mounted if driver else 'unset'}\n"
     assert not Path(runtime.env["WORKSPACE"]).exists()
+
+
+def connected_to(port: int) -> bool:
+    """A connection to this local port is established (/proc/net/tcp{,6}: the client's end
+    has it as its remote port)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+                return True
+    return False
+
+
+def test_a_login_while_the_guard_restarts_waits_for_it_instead_of_failing(start):
+    # s6 restarts a guard that died a second later, and at start the gateway listens before the
+    # guard does: a browser that asks in between gets the login prompt, not "502 Bad Gateway".
+    runtime = start(PASSWORD=PASSWORD)
+    guard_port = int(runtime.env["GUARD_INTERNAL_PORT"])
+    guard = str(runtime.runtime_dir / "service" / "guard")
+    subprocess.run(["s6-svc", "-d", guard], env=runtime.env, check=True)
+    wait_for(lambda: not listening(guard_port), 15)
+    answer: dict[str, int] = {}
+    asking = threading.Thread(target=lambda: answer.update(status=get(runtime, "ttyd").status_code))
+    asking.start()
+    wait_for(lambda: connected_to(runtime.ports["ttyd"]) or not asking.is_alive(), 10)
+    subprocess.run(["s6-svc", "-u", guard], env=runtime.env, check=True)
+    asking.join(15)
+    assert answer == {"status": 401}
+    assert get(runtime, "ttyd", auth=("admin", PASSWORD)).status_code == 200
