@@ -15,6 +15,7 @@ from .fakes.cdn import FakeCDN
 from .fakes.civitai import FakeCivitai
 from .fakes.gdrive import FakeDrive
 from .fakes.hub import FakeHub
+from .fakes.server import TLS_TRUST
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_VARS = (
@@ -156,6 +157,16 @@ def which(tool: str) -> str | None:
 @pytest.fixture
 def cdn():
     server = FakeCDN().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["http", "https"])
+def any_cdn(request, monkeypatch):
+    """The fake CDN over plain HTTP, then over HTTPS (as the Hub and every CDN serve): a TLS
+    socket hands out a record at a time, and the engine reads it its own way (tls_body_reader)."""
+    server = FakeCDN().start(tls=request.param == "https")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(TLS_TRUST))
     yield server
     server.stop()
 

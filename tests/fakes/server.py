@@ -1,12 +1,18 @@
-"""A tiny threaded HTTP/1.1 server on 127.0.0.1 that records every request it gets."""
+"""A tiny threaded HTTP/1.1 server on 127.0.0.1 that records every request it gets; over
+HTTPS with `start(tls=True)` (a certificate for 127.0.0.1 from fakes/tls, see TLS_TRUST)."""
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+TLS_KEY_AND_CERT = Path(__file__).parent / "tls" / "localhost.pem"
+TLS_TRUST = Path(__file__).parent / "tls" / "localhost-cert.pem"  # what a client must trust
 
 
 @dataclass
@@ -15,6 +21,7 @@ class Seen:
     path: str
     query: dict
     headers: dict  # lower-case names
+    peer: tuple[str, int] = ("", 0)  # the client's address and port: one per connection
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -30,7 +37,13 @@ class Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         with owner.lock:
             owner.requests.append(
-                Seen(self.command, parts.path, query, {k.lower(): v for k, v in self.headers.items()})
+                Seen(
+                    self.command,
+                    parts.path,
+                    query,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.client_address[:2],
+                )
             )
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             owner.handle(self, parts.path, query)
@@ -62,9 +75,14 @@ class FakeServer:
         allow_reuse_address = True
         owner: FakeServer
 
-    def start(self) -> FakeServer:
+    def start(self, tls: bool = False) -> FakeServer:
         self.httpd = self.HTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.owner = self
+        self.scheme = "https" if tls else "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(TLS_KEY_AND_CERT)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         return self
@@ -76,7 +94,7 @@ class FakeServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{getattr(self, 'scheme', 'http')}://{host}:{port}"
 
     def handle(self, h: Handler, path: str, query: dict) -> None:  # pragma: no cover
         h.reply(404, b"not found")
