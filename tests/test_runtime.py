@@ -631,3 +631,18 @@ def test_a_login_while_the_guard_restarts_waits_for_it_instead_of_failing(start)
     asking.join(15)
     assert answer == {"status": 401}
     assert get(runtime, "ttyd", auth=("admin", PASSWORD)).status_code == 200
+
+
+def test_a_service_that_is_not_listening_gets_a_page_that_says_so_and_retries(start):
+    runtime = start(PASSWORD=PASSWORD)
+    ttyd = str(runtime.runtime_dir / "service" / "ttyd")
+    subprocess.run(["s6-svc", "-d", ttyd], env=runtime.env, check=True)
+    wait_for(lambda: not listening(runtime.internal["ttyd"]), 15)
+    assert get(runtime, "ttyd").status_code == 401  # the login still comes first
+    waiting = get(runtime, "ttyd", auth=("admin", PASSWORD))
+    assert (waiting.status_code, waiting.headers.get("Retry-After")) == (503, "5")
+    assert "ttyd is not answering yet: it is starting, or restarting after a crash" in waiting.text
+    assert '<meta http-equiv="refresh" content="5">' in waiting.text
+    subprocess.run(["s6-svc", "-u", ttyd], env=runtime.env, check=True)
+    wait_for(lambda: listening(runtime.internal["ttyd"]), 15)
+    assert get(runtime, "ttyd", auth=("admin", PASSWORD)).status_code == 200
