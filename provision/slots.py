@@ -40,6 +40,11 @@ class ConnectionSlots:
             self.condition.notify_all()
         return waited
 
+    def contended(self) -> bool:
+        """Some worker waits for a slot: no connection will be idle soon."""
+        with self.condition:
+            return bool(self.waiting)
+
     def release(self) -> None:
         with self.condition:
             self.free += 1

@@ -422,9 +422,10 @@ class Transfer:
 
     def _request_size(self, rest: int) -> int:
         """How much of a piece's `rest` one request asks for (under self.lock): all of it while
-        much of the file is left; toward the end a share of what is left (at least 8 MiB), so
-        the last pieces keep a rest an idle connection can take."""
-        if rest < 4 * MIN_STEAL:
+        much of the file is left, or while another file waits for a connection (none will be
+        idle to take a rest: splitting would only add requests); toward the end a share of what
+        is left (at least 8 MiB), so the last pieces keep a rest an idle connection can take."""
+        if rest < 4 * MIN_STEAL or self.engine.slots.contended():
             return rest
         left = (self.total or self.download.expected_size or 0) - self.done.covered()
         return max(2 * MIN_STEAL, min(PIECE, left // TAIL_SHARE))

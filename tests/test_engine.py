@@ -429,3 +429,31 @@ def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp
     step = 8 * 1024 * 1024
     assert any(start % step for start in starts), f"no one took the stalled piece's back half: {starts}"
     assert cdn.body_bytes == len(LARGE), "nothing sent twice"
+
+
+def test_while_another_file_waits_for_a_connection_pieces_are_not_split(engine, cdn, tmp_path):
+    # Toward a file's end a request asks for a share of what is left, so that an idle
+    # connection can take the rest. With another file waiting for a connection none will be
+    # idle: each piece is asked for whole (3 requests for 80 MiB; split, it took 6).
+    cdn.add("/m.safetensors", LARGE)
+    other = blob(1_000_000, seed=14)
+    cdn.add("/other.bin", other)
+    cdn.gate = threading.Event()  # the first body waits until the second file waits for a slot
+    eng = engine(connections=1, per_file=1)
+    first = download(cdn, tmp_path, data=LARGE)
+    second = Download(
+        url=f"{cdn.url}/other.bin", dest=tmp_path / "models" / "other.bin", size=len(other), identity="test:o"
+    )
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        big = pool.submit(eng.fetch, first)
+        deadline = time.monotonic() + 10
+        while not cdn.seen("/m.safetensors") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        small = pool.submit(eng.fetch, second)
+        while not eng.slots.contended() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cdn.gate.set()
+        assert (big.result().status, small.result().status) == ("ok", "ok")
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+    asked = [r.headers["range"] for r in cdn.seen("/m.safetensors") if r.method == "GET"]
+    assert len(asked) == -(-len(LARGE) // transfer.PIECE), asked
