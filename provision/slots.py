@@ -41,9 +41,10 @@ class ConnectionSlots:
         return waited
 
     def contended(self) -> bool:
-        """Some worker waits for a slot: no connection will be idle soon."""
-        with self.condition:
-            return bool(self.waiting)
+        """Some worker waits for a slot: no connection will be idle soon. Read without the lock,
+        on purpose: the caller holds its transfer's lock, and `acquire` calls `on_wait` (which
+        takes that lock) while holding this one. A stale answer only changes a request's size."""
+        return bool(self.waiting)
 
     def release(self) -> None:
         with self.condition:

@@ -457,3 +457,27 @@ def test_while_another_file_waits_for_a_connection_pieces_are_not_split(engine, 
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
     asked = [r.headers["range"] for r in cdn.seen("/m.safetensors") if r.method == "GET"]
     assert len(asked) == -(-len(LARGE) // transfer.PIECE), asked
+
+
+def test_asking_whether_slots_are_contended_never_waits_on_a_waiter(engine):
+    # A worker asks (holding its transfer's lock) while another worker of that file, inside
+    # the slots' lock, reports itself waiting (which takes the transfer's lock): no deadlock.
+    slots = engine(connections=1).slots
+    slots.acquire(0)
+    transfer_lock, reporting = threading.Lock(), threading.Event()
+
+    def report_waiting():
+        reporting.set()
+        with transfer_lock:
+            pass
+
+    asking = concurrent.futures.ThreadPoolExecutor(1)
+    with transfer_lock:
+        waiter = threading.Thread(target=slots.acquire, args=(1, report_waiting), daemon=True)
+        waiter.start()
+        assert reporting.wait(10)
+        assert asking.submit(slots.contended).result(timeout=10) is True
+    asking.shutdown()
+    slots.release()
+    waiter.join(10)
+    assert not waiter.is_alive()
