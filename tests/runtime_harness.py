@@ -196,17 +196,26 @@ def make_runtime(root: Path, extra_env: dict[str, str] | None = None) -> Runtime
     return runtime
 
 
-def listening(port: int) -> set[str]:
-    """The local addresses a TCP port listens on, from /proc/net/tcp{,6}."""
-    found = set()
+def _tcp_sockets():
+    """Every TCP socket of /proc/net/tcp{,6}: (local address, local port, remote port, state)."""
     for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
         with contextlib.suppress(FileNotFoundError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                address, port_hex = fields[1].rsplit(":", 1)
-                if int(port_hex, 16) == port and fields[3] == "0A":  # LISTEN
-                    found.add(_address(address, width))
-    return found
+                address, local_port = fields[1].rsplit(":", 1)
+                remote_port = fields[2].rsplit(":", 1)[1]
+                yield _address(address, width), int(local_port, 16), int(remote_port, 16), fields[3]
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses a TCP port listens on."""
+    return {address for address, local, _, state in _tcp_sockets() if local == port and state == "0A"}
+
+
+def connected_to(port: int) -> bool:
+    """A connection to this local port is established (the client's end has it as its remote
+    port)."""
+    return any(remote == port and state == "01" for _, _, remote, state in _tcp_sockets())
 
 
 def _address(hex_address: str, width: int) -> str:

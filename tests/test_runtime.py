@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from .conftest import blob, sha256, which
-from .runtime_harness import PROXIED, RUNTIME, listening, make_runtime
+from .runtime_harness import PROXIED, RUNTIME, connected_to, listening, make_runtime
 
 PASSWORD = "correct-horse-battery-9"
 TOKEN = "vasttoken0123456789abcdef"
@@ -604,19 +604,8 @@ def test_a_command_runs_instead_of_the_services(tmp_path, driver):
     assert not Path(runtime.env["WORKSPACE"]).exists()
 
 
-def connected_to(port: int) -> bool:
-    """A connection to this local port is established (/proc/net/tcp{,6}: the client's end
-    has it as its remote port)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
-                return True
-    return False
-
-
 def test_a_login_while_the_guard_restarts_waits_for_it_instead_of_failing(start):
-    # s6 restarts a guard that died a second later, and at start the gateway listens before the
+    # s6 restarts a guard that died two seconds later, and at start the gateway listens before the
     # guard does: a browser that asks in between gets the login prompt, not "502 Bad Gateway".
     runtime = start(PASSWORD=PASSWORD)
     guard_port = int(runtime.env["GUARD_INTERNAL_PORT"])
