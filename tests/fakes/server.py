@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-TLS_KEY_AND_CERT = Path(__file__).parent / "tls" / "localhost.pem"
-TLS_TRUST = Path(__file__).parent / "tls" / "localhost-cert.pem"  # what a client must trust
+TLS_TRUST = Path(__file__).parent / "tls" / "localhost-cert.pem"  # also what a client must trust
+TLS_KEY = Path(__file__).parent / "tls" / "localhost-key.pem"
 
 
 @dataclass
@@ -81,7 +81,7 @@ class FakeServer:
         self.scheme = "https" if tls else "http"
         if tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(TLS_KEY_AND_CERT)
+            context.load_cert_chain(TLS_TRUST, TLS_KEY)
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
@@ -94,7 +94,7 @@ class FakeServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"{getattr(self, 'scheme', 'http')}://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     def handle(self, h: Handler, path: str, query: dict) -> None:  # pragma: no cover
         h.reply(404, b"not found")
