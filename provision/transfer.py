@@ -38,6 +38,7 @@ log = logging.getLogger("provision")
 MiB = 1024 * 1024
 FIRST_PIECE = 4 * MiB  # the first request when the size is not known yet
 PIECE = 32 * MiB  # files are cut into pieces of this size
+CONTENDED_PIECE = 2 * PIECE  # a claim joins queued pieces up to this while another file waits
 TAIL_SHARE = 4  # near a file's end, a request asks for at most this share of what is left
 RECEIVER_NICENESS = 10  # piece workers run this much nicer than the hashers (yield_to_hashing)
 MIN_STEAL = 4 * MiB  # a piece's unasked rest is halved for an idle connection only above twice this
@@ -436,6 +437,15 @@ class Transfer:
         with self.lock:
             if self.queue:
                 piece = self.queue.pop(0)
+                # Another file waits for a connection, so its download overlaps this file's
+                # hash lag: fewer, longer requests cost no wall time there (alone, they would).
+                while (
+                    self.queue
+                    and self.queue[0].start == piece.end
+                    and piece.end - piece.start < CONTENDED_PIECE
+                    and self.engine.slots.contended()
+                ):
+                    piece.end = self.queue.pop(0).end
             else:
                 busy = [p for p in self.running if p.end - p.asked >= 2 * MIN_STEAL]
                 if not busy:

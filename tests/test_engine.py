@@ -431,10 +431,12 @@ def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp
     assert cdn.body_bytes == len(LARGE), "nothing sent twice"
 
 
-def test_while_another_file_waits_for_a_connection_pieces_are_not_split(engine, cdn, tmp_path):
+def test_while_another_file_waits_for_a_connection_requests_are_fewer_and_longer(engine, cdn, tmp_path):
     # Toward a file's end a request asks for a share of what is left, so that an idle
     # connection can take the rest. With another file waiting for a connection none will be
-    # idle: each piece is asked for whole (3 requests for 80 MiB; split, it took 6).
+    # idle, and that file's download overlaps this one's hash: queued pieces are joined up to
+    # CONTENDED_PIECE and each is asked for whole. 80 MiB: the first 32 MiB piece, then the
+    # other 48 MiB in one request (one per piece took 3; split near the end, 6).
     cdn.add("/m.safetensors", LARGE)
     other = blob(1_000_000, seed=14)
     cdn.add("/other.bin", other)
@@ -456,7 +458,7 @@ def test_while_another_file_waits_for_a_connection_pieces_are_not_split(engine, 
         assert (big.result().status, small.result().status) == ("ok", "ok")
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
     asked = [r.headers["range"] for r in cdn.seen("/m.safetensors") if r.method == "GET"]
-    assert len(asked) == -(-len(LARGE) // transfer.PIECE), asked
+    assert asked == [f"bytes=0-{transfer.PIECE - 1}", f"bytes={transfer.PIECE}-{len(LARGE) - 1}"], asked
 
 
 def test_asking_whether_slots_are_contended_never_waits_on_a_waiter(engine):
