@@ -436,16 +436,7 @@ class Transfer:
         for yet; None: nothing left worth a connection."""
         with self.lock:
             if self.queue:
-                piece = self.queue.pop(0)
-                # Another file waits for a connection, so its download overlaps this file's
-                # hash lag: fewer, longer requests cost no wall time there (alone, they would).
-                while (
-                    self.queue
-                    and self.queue[0].start == piece.end
-                    and piece.end - piece.start < CONTENDED_PIECE
-                    and self.engine.slots.contended()
-                ):
-                    piece.end = self.queue.pop(0).end
+                piece = self._join_queued(self.queue.pop(0))
             else:
                 busy = [p for p in self.running if p.end - p.asked >= 2 * MIN_STEAL]
                 if not busy:
@@ -455,6 +446,25 @@ class Transfer:
                 piece, victim.end = Piece(middle, victim.end), middle
             self.running.append(piece)
             return piece
+
+    def _join_queued(self, piece: Piece) -> Piece:
+        """`piece` grown over the queued pieces that follow it, up to CONTENDED_PIECE, while
+        another file waits for a connection and this file has plenty queued behind (under
+        self.lock). The waiting file's download then overlaps this file's hash lag, so fewer,
+        longer requests cost no wall time (alone, 64 MiB pieces made a 2 GiB file 10% slower).
+        The last per_file pieces are never joined: on a capped link a long request at the end
+        of a run finishes alone, its peers idle (joining those too, the bench's set capped at
+        16 MiB/s per request took 18.0 s against 15.6; as it is, 15.9 and 103 requests, not 133)."""
+        keep = self.engine.per_file * PIECE
+        while (
+            self.queue
+            and self.queue[0].start == piece.end
+            and piece.end - piece.start < CONTENDED_PIECE
+            and sum(p.end - p.start for p in self.queue[1:]) >= keep
+            and self.engine.slots.contended()
+        ):
+            piece.end = self.queue.pop(0).end
+        return piece
 
     def _piece_worker(self, piece: Piece | None) -> None:
         """Take pieces until none is left, holding a connection slot from one to the next (not

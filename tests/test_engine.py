@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -435,14 +436,17 @@ def test_while_another_file_waits_for_a_connection_requests_are_fewer_and_longer
     # Toward a file's end a request asks for a share of what is left, so that an idle
     # connection can take the rest. With another file waiting for a connection none will be
     # idle, and that file's download overlaps this one's hash: queued pieces are joined up to
-    # CONTENDED_PIECE and each is asked for whole. 80 MiB: the first 32 MiB piece, then the
-    # other 48 MiB in one request (one per piece took 3; split near the end, 6).
-    cdn.add("/m.safetensors", LARGE)
+    # CONTENDED_PIECE and each is asked for whole, except the last per_file pieces (a long
+    # request there could end a run alone). 5 pieces, one connection: 4 requests (one per
+    # piece took 5; split near the end, 8).
+    piece = transfer.PIECE
+    data = blob(5 * piece, seed=15)
+    cdn.add("/m.safetensors", data)
     other = blob(1_000_000, seed=14)
     cdn.add("/other.bin", other)
     cdn.gate = threading.Event()  # the first body waits until the second file waits for a slot
     eng = engine(connections=1, per_file=1)
-    first = download(cdn, tmp_path, data=LARGE)
+    first = download(cdn, tmp_path, data=data)
     second = Download(
         url=f"{cdn.url}/other.bin", dest=tmp_path / "models" / "other.bin", size=len(other), identity="test:o"
     )
@@ -456,9 +460,10 @@ def test_while_another_file_waits_for_a_connection_requests_are_fewer_and_longer
             time.sleep(0.01)
         cdn.gate.set()
         assert (big.result().status, small.result().status) == ("ok", "ok")
-    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
     asked = [r.headers["range"] for r in cdn.seen("/m.safetensors") if r.method == "GET"]
-    assert asked == [f"bytes=0-{transfer.PIECE - 1}", f"bytes={transfer.PIECE}-{len(LARGE) - 1}"], asked
+    ends = [0, 1, 3, 4, 5]  # in pieces: the first, two joined, then the last one (per_file) alone
+    assert asked == [f"bytes={a * piece}-{b * piece - 1}" for a, b in itertools.pairwise(ends)], asked
 
 
 def test_asking_whether_slots_are_contended_never_waits_on_a_waiter(engine):
