@@ -40,11 +40,12 @@ class ConnectionSlots:
             self.condition.notify_all()
         return waited
 
-    def contended(self) -> bool:
-        """Some worker waits for a slot: no connection will be idle soon. Read without the lock,
-        on purpose: the caller holds its transfer's lock, and `acquire` calls `on_wait` (which
-        takes that lock) while holding this one. A stale answer only changes a request's size."""
-        return bool(self.waiting)
+    def contended(self, besides: int) -> bool:
+        """A worker of another file than `besides` (a priority) waits for a slot: no connection
+        will be idle soon. Read without the lock, on purpose: the caller holds its transfer's
+        lock, and `acquire` calls `on_wait` (which takes that lock) while holding this one. A
+        stale answer only changes a request's size."""
+        return any(priority != besides for priority, _ in list(self.waiting))
 
     def release(self) -> None:
         with self.condition:

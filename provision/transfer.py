@@ -426,7 +426,7 @@ class Transfer:
         much of the file is left, or while another file waits for a connection (none will be
         idle to take a rest: splitting would only add requests); toward the end a share of what
         is left (at least 8 MiB), so the last pieces keep a rest an idle connection can take."""
-        if rest < 4 * MIN_STEAL or self.engine.slots.contended():
+        if rest < 4 * MIN_STEAL or self.engine.slots.contended(self.priority):
             return rest
         left = (self.total or self.download.expected_size or 0) - self.done.covered()
         return max(2 * MIN_STEAL, min(PIECE, left // TAIL_SHARE))
@@ -461,7 +461,7 @@ class Transfer:
             and self.queue[0].start == piece.end
             and piece.end - piece.start < CONTENDED_PIECE
             and sum(p.end - p.start for p in self.queue[1:]) >= keep
-            and self.engine.slots.contended()
+            and self.engine.slots.contended(self.priority)
         ):
             piece.end = self.queue.pop(0).end
         return piece

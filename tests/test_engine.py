@@ -456,7 +456,7 @@ def test_while_another_file_waits_for_a_connection_requests_are_fewer_and_longer
         while not cdn.seen("/m.safetensors") and time.monotonic() < deadline:
             time.sleep(0.01)
         small = pool.submit(eng.fetch, second)
-        while not eng.slots.contended() and time.monotonic() < deadline:
+        while not eng.slots.contended(besides=0) and time.monotonic() < deadline:
             time.sleep(0.01)
         cdn.gate.set()
         assert (big.result().status, small.result().status) == ("ok", "ok")
@@ -467,8 +467,8 @@ def test_while_another_file_waits_for_a_connection_requests_are_fewer_and_longer
 
 
 def test_asking_whether_slots_are_contended_never_waits_on_a_waiter(engine):
-    # A worker asks (holding its transfer's lock) while another worker of that file, inside
-    # the slots' lock, reports itself waiting (which takes the transfer's lock): no deadlock.
+    # A worker asks (holding its transfer's lock) while a worker of another file, inside the
+    # slots' lock, reports itself waiting (which takes the transfer's lock): no deadlock.
     slots = engine(connections=1).slots
     slots.acquire(0)
     transfer_lock, reporting = threading.Lock(), threading.Event()
@@ -483,7 +483,8 @@ def test_asking_whether_slots_are_contended_never_waits_on_a_waiter(engine):
         waiter = threading.Thread(target=slots.acquire, args=(1, report_waiting), daemon=True)
         waiter.start()
         assert reporting.wait(10)
-        assert asking.submit(slots.contended).result(timeout=10) is True
+        assert asking.submit(slots.contended, 0).result(timeout=10) is True
+        assert slots.contended(besides=1) is False, "a file's own waiting workers are not contention"
     asking.shutdown()
     slots.release()
     waiter.join(10)
