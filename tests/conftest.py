@@ -115,17 +115,29 @@ def child_env() -> dict[str, str]:
 def run_module(
     *args: str, env: dict | None = None, cwd=None, timeout=120, inside: list[str] = ()
 ) -> subprocess.CompletedProcess:
-    """`python -m provision ...` in a child process (exit codes, argv, signals); `inside`: a
-    command prefix to run it under (nsenter into a namespace)."""
-    full_env = child_env()
-    full_env.update(env or {})
+    """`python -m provision ...` in a child process, run to its end (exit codes, argv);
+    `env` is added to the secret-free environment; `inside`: a command prefix to run it under
+    (nsenter into a namespace)."""
     return subprocess.run(
         [*inside, sys.executable, "-m", "provision", *args],
-        env=full_env,
+        env={**child_env(), **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_module(*args: str, env: dict | None = None, inside: list[str] = ()) -> subprocess.Popen:
+    """`python -m provision ...` started and left running, for what a test does meanwhile
+    (signals, a second run at once, a disk filled under it); its stdout and stderr are text
+    pipes. Arguments as for run_module."""
+    return subprocess.Popen(
+        [*inside, sys.executable, "-m", "provision", *args],
+        env={**child_env(), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 
 from provision.ranges import Ranges
 
-from .conftest import SECRET_VARS, blob, sha256, tree
+from .conftest import blob, run_module, sha256, start_module, tree
 from .fakes.cdn import Fault
 from .fakes.civitai import VersionFile
 
@@ -27,15 +25,8 @@ DATA = blob(SIZE, seed=21)
 
 
 def start_provision(config: Path, workspace: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
-    env.update({"PROVISION_RETRY_BASE": "0.01", **(extra_env or {})})
-    return subprocess.Popen(
-        [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), "--json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = {"PROVISION_RETRY_BASE": "0.01", **(extra_env or {})}
+    return start_module(str(config), "--workspace", str(workspace), "--json", env=env)
 
 
 def test_sigkill_mid_download_resumes_with_only_the_missing_bytes(cdn, write_config, workspace, models):
@@ -187,14 +178,7 @@ def test_jobs_limits_files_at_once(write_config, cdn, workspace, models, jobs):
     for n in range(4):
         cdn.add(f"/f{n}.pth", blob(200_000, seed=n))
     config = write_config("[models.esrgan]\n" + "".join(f'f{n} = "{cdn.url}/f{n}.pth"\n' for n in range(4)))
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
-    result = subprocess.run(
-        [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), "--jobs", jobs, "-q"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_module(str(config), "--workspace", str(workspace), "--jobs", jobs, "-q", timeout=60)
     assert result.returncode == 0, result.stderr
     assert tree(models) == [f"ESRGAN/f{n}.pth" for n in range(4)]
 
@@ -270,13 +254,7 @@ def test_no_wait_fails_at_once_naming_the_other_run(cdn, two_files, workspace):
     _, config = two_files
     first = start_provision(config, workspace)
     _holding(first, workspace)
-    second = subprocess.run(
-        [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), "--no-wait"],
-        env={k: v for k, v in os.environ.items() if k not in SECRET_VARS},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    second = run_module(str(config), "--workspace", str(workspace), "--no-wait", timeout=60)
     assert second.returncode == 1
     assert f"error: another provision (PID {first.pid}, running since " in second.stderr
     assert f"is working on {workspace}" in second.stderr
@@ -370,13 +348,10 @@ def test_a_restart_with_every_server_down_finds_everything_in_place(
     assert [r["status"] for r in json.loads(out)] == ["skipped", "skipped", "skipped"]
     assert "retry" not in err and "warning" not in err
     # Asked to check upstream, the same restart fails each item, naming what it could not reach.
-    checked = subprocess.run(
-        [sys.executable, "-m", "provision", config, "--workspace", str(workspace), "--json", "--update"],
-        env={**os.environ, **env, "PROVISION_RETRY_ATTEMPTS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    checked = run_module(
+        config, "--workspace", str(workspace), "--json", "--update",
+        env={**env, "PROVISION_RETRY_ATTEMPTS": "1"}, timeout=60,
+    )  # fmt: skip
     assert checked.returncode == 1
     assert [r["status"] for r in json.loads(checked.stdout)] == ["failed", "failed", "failed"], checked.stderr
 

@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from provision.paths import write_atomically
 
-from .conftest import blob, child_env, run_module, sha256, tree, which
+from .conftest import blob, run_module, sha256, start_module, tree, which
 from .fakes.gdrive import DriveFile
 from .fakes.server import FakeServer
 
@@ -290,13 +289,7 @@ def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
     cdn.gate = threading.Event()  # headers go out, bodies wait: the download has passed its space check
     config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
     args = (str(config), "--workspace", str(workspace), "--json", "--connections", "4")
-    first = subprocess.Popen(
-        [*inside, sys.executable, "-m", "provision", *args],
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_module(*args, inside=inside)
     part = folder / "big.pth.part"
     wait_for(part.exists, first)
     filler = fill(folder, leave=1536 * 1024)  # a write of 1 MiB fits, the next only half
