@@ -425,8 +425,9 @@ class Transfer:
         """How much of a piece's `rest` one request asks for (under self.lock): all of it while
         much of the file is left, or while another file waits for a connection (none will be
         idle to take a rest: splitting would only add requests); toward the end a share of what
-        is left (at least 8 MiB), so the last pieces keep a rest an idle connection can take."""
-        if rest < 4 * MIN_STEAL or self.engine.slots.contended(self.priority):
+        is left (at least 8 MiB), so the last pieces keep a rest an idle connection can take.
+        With one connection per file no other worker of this file could take it: all of it."""
+        if rest < 4 * MIN_STEAL or self.engine.per_file == 1 or self.engine.slots.contended(self.priority):
             return rest
         left = (self.total or self.download.expected_size or 0) - self.done.covered()
         return max(2 * MIN_STEAL, min(PIECE, left // TAIL_SHARE))

@@ -432,6 +432,16 @@ def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp
     assert cdn.body_bytes == len(LARGE), "nothing sent twice"
 
 
+def test_with_one_connection_each_piece_is_one_request(engine, cdn, tmp_path):
+    # A file's tail is asked in shares so that its other connections can take a rest; with
+    # `--connections 1` there are none, and 80 MiB is 3 requests, not 6.
+    cdn.add("/m.safetensors", LARGE)
+    engine(connections=1).fetch(download(cdn, tmp_path, data=LARGE))
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+    asked = [r.headers["range"] for r in cdn.seen("/m.safetensors") if r.method == "GET"]
+    assert len(asked) == -(-len(LARGE) // transfer.PIECE), asked
+
+
 def test_while_another_file_waits_for_a_connection_requests_are_fewer_and_longer(engine, cdn, tmp_path):
     # Toward a file's end a request asks for a share of what is left, so that an idle
     # connection can take the rest. With another file waiting for a connection none will be
