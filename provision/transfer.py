@@ -19,6 +19,7 @@ import re
 import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,20 +43,30 @@ CONTENDED_PIECE = 2 * PIECE  # a claim joins queued pieces up to this while anot
 TAIL_SHARE = 4  # near a file's end, a request asks for at most this share of what is left
 RECEIVER_NICENESS = 10  # piece workers run this much nicer than the hashers (yield_to_hashing)
 MIN_STEAL = 4 * MiB  # a piece's unasked rest is halved for an idle connection only above twice this
+SLOW = 4  # a piece this many times slower than an idle connection has its rest taken over
+JUDGED_AFTER = 0.5  # seconds a piece runs before its speed is judged (and left alone if it ends sooner)
 
 
 @dataclass
 class Piece:
-    """Bytes [start, end) one connection fetches, up to `asked` requested so far. A worker
-    with nothing left to do takes the back half of what a piece has not asked for yet
-    (`_claim`): nothing already on its way is ever cut off or asked for twice."""
+    """Bytes [start, end) one connection fetches, up to `asked` requested so far and
+    `received` written. A worker with nothing left to do takes the back half of what a piece
+    has not asked for yet, or, from a piece far slower than itself, the back of what it asked
+    for (`_claim`): that request then ends early and its connection is closed."""
 
     start: int
     end: int
     asked: int = 0
+    received: int = 0
+    began: float = 0.0  # when a worker took it (time.monotonic)
 
     def __post_init__(self) -> None:
         self.asked = max(self.asked, self.start)
+        self.received = max(self.received, self.start)
+
+    def rate(self, now: float) -> float:
+        """Bytes per second since it was taken."""
+        return (self.received - self.start) / max(now - self.began, 1e-3)
 
 
 def body_reader(response: requests.Response):
@@ -357,6 +368,9 @@ class Transfer:
         offset = start
         read_into = body_reader(response)
         view = memoryview(self.engine.buffer())
+        if piece is not None:
+            with self.lock:
+                piece.received = start
         with response, open(self.part, "r+b") as file:
             fd = file.fileno()
             while not self.stop.is_set():
@@ -365,6 +379,10 @@ class Transfer:
                 if want <= 0:
                     break
                 n = read_into(view[:want])
+                if n and piece is not None:
+                    with self.lock:  # a slow piece's back may have been taken during the read
+                        n = max(0, min(n, piece.end - offset))
+                        piece.received = offset + n  # a cut from now on lies past these bytes
                 if not n:
                     break
                 write_at(fd, view[:n], offset)
@@ -403,7 +421,8 @@ class Transfer:
         first_piece = None
         if first is not None:  # its answer is on its way: the start of the first piece
             gap_end = next(b for a, b in gaps if a == first[0])
-            first_piece = Piece(first[0], min(gap_end, max(first[1], first[0] + size)), asked=first[1])
+            end = min(gap_end, max(first[1], first[0] + size))
+            first_piece = Piece(first[0], end, asked=first[1], began=time.monotonic())
             gaps = [(first_piece.end, b) if a == first[0] else (a, b) for a, b in gaps]
         queue = [Piece(a, b) for gap in gaps for a, b in split(gap[0], gap[1], size)]
         self.queue, self.running = queue, [first_piece] if first_piece else []
@@ -432,21 +451,52 @@ class Transfer:
         left = (self.total or self.download.expected_size or 0) - self.done.covered()
         return max(2 * MIN_STEAL, min(PIECE, left // TAIL_SHARE))
 
-    def _claim(self) -> Piece | None:
-        """The next piece, or the back half of the biggest rest a piece under way has not asked
-        for yet; None: nothing left worth a connection."""
+    def _claim(self, finished: Piece | None) -> Piece | None:
+        """The next piece for a worker, or None: nothing left worth a connection. `finished`:
+        the piece this worker has just fetched (its speed, to judge a slow one's by)."""
+        now = time.monotonic()
         with self.lock:
-            if self.queue:
-                piece = self._join_queued(self.queue.pop(0))
-            else:
-                busy = [p for p in self.running if p.end - p.asked >= 2 * MIN_STEAL]
-                if not busy:
-                    return None
-                victim = max(busy, key=lambda p: p.end - p.asked)
-                middle = victim.asked + (victim.end - victim.asked) // 2
-                piece, victim.end = Piece(middle, victim.end), middle
-            self.running.append(piece)
+            piece = self._next_piece(finished, now)
+            if piece is not None:
+                piece.began = now
+                self.running.append(piece)
             return piece
+
+    def _next_piece(self, finished: Piece | None, now: float) -> Piece | None:
+        """The next queued piece, or the back half of the biggest rest a piece under way has
+        not asked for yet, or the back of a slow piece's request (under self.lock)."""
+        if self.queue:
+            return self._join_queued(self.queue.pop(0))
+        busy = [p for p in self.running if p.end - p.asked >= 2 * MIN_STEAL]
+        if busy:
+            victim = max(busy, key=lambda p: p.end - p.asked)
+            middle = victim.asked + (victim.end - victim.asked) // 2
+        elif finished is None or (cut := self._slow_rest(finished.rate(now), now)) is None:
+            return None
+        else:
+            victim, middle = cut
+        piece, victim.end = Piece(middle, victim.end), middle
+        return piece
+
+    def _slow_rest(self, speed: float, now: float) -> tuple[Piece, int] | None:
+        """The piece under way that would finish last, and where to cut it, if it runs SLOW
+        times slower than `speed` (an idle worker's) and the back it would give up is worth a
+        request: one slow CDN connection must not hold up a whole file (under self.lock).
+        The cut lets both finish together. It lies past what the piece has received, and
+        `_write_body` clips every read to the piece's end, so no byte is written twice; bytes
+        already on their way past the cut are sent twice, and that connection is closed."""
+        judged = [p for p in self.running if now - p.began >= JUDGED_AFTER]
+        if not judged:
+            return None
+        victim = max(judged, key=lambda p: (p.end - p.received) / max(p.rate(now), 1.0))
+        slow = victim.rate(now)
+        left = victim.end - victim.received
+        if slow * SLOW > speed or left < slow * JUDGED_AFTER:
+            return None
+        middle = victim.received + int(left * slow / (slow + speed))
+        if victim.end - middle < MIN_STEAL:
+            return None
+        return victim, middle
 
     def _join_queued(self, piece: Piece) -> Piece:
         """`piece` grown over the queued pieces that follow it, up to CONTENDED_PIECE, while
@@ -471,6 +521,7 @@ class Transfer:
         """Take pieces until none is left, holding a connection slot from one to the next (not
         through a retry's backoff): a piece is claimed, or stolen, only with a slot in hand."""
         holding = False
+        finished = None
         yield_to_hashing()
         try:
             while not self.stop.is_set():
@@ -478,13 +529,13 @@ class Transfer:
                     if not holding:
                         self._take_slot()
                         holding = True
-                    piece = self._claim()
+                    piece = self._claim(finished)
                     if piece is None:
                         return
                 holding = self._fetch_with_retries(piece, holding)
                 with self.lock:
                     self.running.remove(piece)
-                piece = None
+                piece, finished = None, piece
         except BaseException as err:  # handed to the thread that waits for the workers
             with self.lock:
                 self.errors.append(err)

@@ -26,6 +26,7 @@ from provision.retry import RetryPolicy
 from .conftest import blob, sha256
 from .fakes.cdn import Fault
 
+MiB = 1024 * 1024
 SIZE = 9 * 1024 * 1024 + 12345  # a first 4 MiB answer, then the rest
 DATA = blob(SIZE, seed=11)
 LARGE = blob(80 * 1024 * 1024 + 12345, seed=12)  # three pieces of 32 MiB, the last one short
@@ -418,8 +419,8 @@ def test_a_file_whose_connections_all_went_to_an_earlier_one_is_reported_waiting
 
 def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp_path, monkeypatch):
     """Work stealing: one piece's connection stalls; another finishes its own, then splits
-    what the slow one has not asked for yet and fetches the back half. Nothing is asked for
-    twice."""
+    what the slow one has not asked for yet and fetches the back half, then the back of what
+    it asked for. Only what was on its way when that request was cut is sent twice."""
     monkeypatch.setattr(transfer, "TAIL_SHARE", 1000)  # after the first, every request asks 8 MiB
     cdn.add("/m.safetensors", LARGE)
     cdn.fault("/m.safetensors", Fault(), Fault(stall_at=1024 * 1024, stall=2.0))
@@ -429,7 +430,26 @@ def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp
     starts = sorted(int(r.headers["range"][6:].split("-")[0]) for r in cdn.requests)
     step = 8 * 1024 * 1024
     assert any(start % step for start in starts), f"no one took the stalled piece's back half: {starts}"
-    assert cdn.body_bytes == len(LARGE), "nothing sent twice"
+    assert len(LARGE) <= cdn.body_bytes < len(LARGE) + step, "more than one request's worth sent twice"
+
+
+def test_a_slow_connection_has_the_back_of_its_request_taken_over(engine, cdn, tmp_path):
+    # One CDN connection runs at a thirtieth of the others' speed. The idle connection that
+    # finished its own pieces takes the back of the slow one's request, which then ends where
+    # the other begins, instead of holding the file up for 16 s (32 MiB at 2 MiB/s).
+    piece = transfer.PIECE
+    data = blob(3 * piece, seed=16)
+    cdn.add("/m.safetensors", data)
+    cdn.rate = 64 * MiB
+    cdn.fault("/m.safetensors", Fault(rate=2 * MiB))  # the first answer: bytes 0 to 32 MiB
+    result = engine(connections=2, per_file=2).fetch(download(cdn, tmp_path, data=data))
+    assert (result.status, result.bytes) == ("ok", len(data))
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
+    starts = [
+        int(r.headers["range"][6:].split("-")[0]) for r in cdn.seen("/m.safetensors") if r.method == "GET"
+    ]
+    assert any(0 < start < piece for start in starts), f"no one took over the slow request's back: {starts}"
+    assert cdn.body_bytes < len(data) + 4 * MiB, "only what was on its way is sent twice"
 
 
 def test_with_one_connection_each_piece_is_one_request(engine, cdn, tmp_path):

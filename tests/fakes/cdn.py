@@ -30,6 +30,7 @@ class Fault:
     shift: int = 0  # answer a range with the bytes this far further on (Content-Range says so)
     shorten: int = 0  # answer a range with this many bytes fewer (allowed: Content-Range says so)
     cut_headers: bool = False  # close the connection in the middle of the response headers
+    rate: float | None = None  # send this answer at this many bytes per second (a slow CDN edge)
 
 
 @dataclass
@@ -167,8 +168,8 @@ class FakeCDN(FakeServer):
             sent += len(chunk)
             with self.lock:
                 self.body_bytes += len(chunk)
-            if self.rate:
-                ahead = sent / self.rate - (time.monotonic() - began)
+            if rate := fault.rate or self.rate:
+                ahead = sent / rate - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)
 
