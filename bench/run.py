@@ -1,7 +1,7 @@
 """Benchmark: provision a realistic model set from a loopback CDN and compare with the peers.
 
     python bench/run.py [--rate-mib 16] [--connections 16] [--scale 1.0] [--skip-8g] [--data DIR]
-                        [--server python|nginx] [--tls] [--only-engines] [--repeat N]
+                        [--server python|nginx] [--tls] [--slow-edge] [--only-engines] [--repeat N]
 
 The set: one 2 GiB checkpoint, one 1 GiB text encoder, one 320 MiB VAE and four 150 MiB LoRAs,
 served by bench/server.py with Range support and a per-connection rate cap (as a CDN has).
@@ -112,7 +112,13 @@ def self_signed_certificate(work: Path) -> tuple[Path, Path]:
 
 
 def start_server(
-    kind: str, data: Path, port: int, rate_mib: float, work: Path, tls: tuple[Path, Path] | None
+    kind: str,
+    data: Path,
+    port: int,
+    rate_mib: float,
+    work: Path,
+    tls: tuple[Path, Path] | None,
+    slow_every: int,
 ):
     """The file server and a function giving (body bytes sent, requests served) so far: bench/
     server.py (Python, also speaks the Hub's resolve protocol) or nginx (sendfile; the server
@@ -120,7 +126,14 @@ def start_server(
     base = f"http://127.0.0.1:{port}"
     if kind == "python":
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "server.py"), str(data), str(port), str(rate_mib * MiB)]
+            [
+                sys.executable,
+                str(REPO / "bench" / "server.py"),
+                str(data),
+                str(port),
+                str(rate_mib * MiB),
+                str(slow_every),
+            ]
         )
 
         def stats() -> tuple[int, int]:
@@ -232,9 +245,14 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of provision and aria2c (medians)")
     parser.add_argument("--tls", action="store_true", help="HTTPS, self-signed certificate (nginx only)")
+    parser.add_argument(
+        "--slow-edge", action="store_true", help="one connection in 16 at a tenth of the cap (python only)"
+    )
     args = parser.parse_args()
     if args.tls and args.server != "nginx":
         parser.error("--tls needs --server nginx (bench/server.py speaks plain HTTP)")
+    if args.slow_edge and (args.server != "python" or args.rate_mib <= 0):
+        parser.error("--slow-edge needs --server python and a rate cap (--rate-mib)")
 
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
@@ -255,7 +273,8 @@ def main() -> None:
     tls = self_signed_certificate(work) if args.tls else None
     trust = {"REQUESTS_CA_BUNDLE": str(tls[0])} if tls else {}  # provision's (requests') CA bundle
     ours_env = {"PYTHONPATH": str(REPO), **trust}
-    server, stats = start_server(args.server, data, args.port, args.rate_mib, work, tls)
+    slow_every = 16 if args.slow_edge else 0
+    server, stats = start_server(args.server, data, args.port, args.rate_mib, work, tls, slow_every)
     rows: list[Row] = []
     try:
         time.sleep(1.0)
@@ -351,6 +370,7 @@ def main() -> None:
 
     ours = rows[0]
     cap = f"per-connection cap {args.rate_mib:g} MiB/s" if args.rate_mib > 0 else "no rate cap"
+    cap += ", one connection in 16 at a tenth of it" if args.slow_edge else ""
     cap += f", {args.server} over {'HTTPS' if tls else 'plain HTTP'}"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(

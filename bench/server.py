@@ -1,12 +1,13 @@
 """Benchmark server: files from a folder with Range support and a per-connection rate cap (as a
 CDN has), plus the Hugging Face resolve protocol in front of them for hf_hub_download.
 
-    python bench/server.py DIR PORT RATE_BYTES_PER_SECOND
+    python bench/server.py DIR PORT RATE_BYTES_PER_SECOND [SLOW_EVERY]
 
 Serves on 127.0.0.1 only. GET /files/<name> (Range, ETag), HEAD/GET
 /bench/models/resolve/main/<name> (302 to /files/<name> with X-Repo-Commit, X-Linked-Etag =
 sha256, X-Linked-Size; the sha256 comes from <name>.sha256 beside the file).
 GET /stats answers the body bytes sent and the requests served so far. RATE 0: no cap.
+SLOW_EVERY N: every Nth connection accepted runs at a tenth of the cap (a slow CDN edge).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(sys.argv[1])
 RATE = float(sys.argv[3])
+SLOW_EVERY = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 COMMIT = "b" * 40
 STEP = 256 * 1024
 sent_lock = threading.Lock()
@@ -28,8 +30,18 @@ sent_total = [0]
 requests_total = [0]  # file and resolve requests (what a CDN that limits requests counts)
 
 
+connections_total = [0]
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with sent_lock:
+            connections_total[0] += 1
+            slow = SLOW_EVERY and connections_total[0] % SLOW_EVERY == 0
+        self.rate = RATE / 10 if slow else RATE  # one instance serves one connection
 
     def log_message(self, *args):
         pass
@@ -118,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
                 sent += n
                 with sent_lock:
                     sent_total[0] += n
-                ahead = sent / RATE - (time.monotonic() - began) if RATE > 0 else 0
+                ahead = sent / self.rate - (time.monotonic() - began) if self.rate > 0 else 0
                 if ahead > 0:
                     time.sleep(ahead)
 
