@@ -28,9 +28,7 @@ STEP = 256 * 1024
 sent_lock = threading.Lock()
 sent_total = [0]
 requests_total = [0]  # file and resolve requests (what a CDN that limits requests counts)
-
-
-connections_total = [0]
+connections_total = [0]  # connections accepted (SLOW_EVERY counts them)
 
 
 class Handler(BaseHTTPRequestHandler):

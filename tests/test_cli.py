@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -243,8 +244,6 @@ def test_only_picks_items_by_category_and_name_and_says_when_nothing_matches(cli
 
 
 def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
-    import errno
-
     from provision.cli import describe_disk_error
 
     def refused(path: str) -> OSError:
@@ -260,8 +259,6 @@ def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
 
 
 def test_a_used_up_quota_is_not_called_a_full_disk_without_saying_so():
-    import errno
-
     from provision.cli import describe_disk_error
 
     quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/workspace/.provision/verified.json")

@@ -59,6 +59,11 @@ def download(cdn, tmp_path, data=DATA, checksum=True, size=True, **kw) -> Downlo
     )
 
 
+def range_starts(requests) -> list[int]:
+    """Where each recorded request's Range begins."""
+    return [int(r.headers["range"][6:].split("-")[0]) for r in requests]
+
+
 def on_disk(tmp_path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "models").iterdir())
 
@@ -427,14 +432,14 @@ def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp
     result = engine(timeout=(2, 10.0)).fetch(download(cdn, tmp_path, data=LARGE))
     assert (result.status, result.bytes) == ("ok", len(LARGE)), "every byte written once"
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
-    starts = sorted(int(r.headers["range"][6:].split("-")[0]) for r in cdn.requests)
+    starts = sorted(range_starts(cdn.requests))
     step = 8 * 1024 * 1024
     assert any(start % step for start in starts), f"no one took the stalled piece's back half: {starts}"
     assert len(LARGE) <= cdn.body_bytes < len(LARGE) + step, "more than one request's worth sent twice"
 
 
 def test_a_slow_connection_has_the_back_of_its_request_taken_over(engine, cdn, tmp_path):
-    # One CDN connection runs at a thirtieth of the others' speed. The idle connection that
+    # One CDN connection runs at a thirty-second of the others' speed. The idle connection that
     # finished its own pieces takes the back of the slow one's request, which then ends where
     # the other begins, instead of holding the file up for 16 s (32 MiB at 2 MiB/s).
     piece = transfer.PIECE
@@ -445,9 +450,7 @@ def test_a_slow_connection_has_the_back_of_its_request_taken_over(engine, cdn, t
     result = engine(connections=2, per_file=2).fetch(download(cdn, tmp_path, data=data))
     assert (result.status, result.bytes) == ("ok", len(data))
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
-    starts = [
-        int(r.headers["range"][6:].split("-")[0]) for r in cdn.seen("/m.safetensors") if r.method == "GET"
-    ]
+    starts = range_starts(r for r in cdn.seen("/m.safetensors") if r.method == "GET")
     assert any(0 < start < piece for start in starts), f"no one took over the slow request's back: {starts}"
     assert cdn.body_bytes < len(data) + 4 * MiB, "only what was on its way is sent twice"
 
