@@ -53,7 +53,7 @@ let
 in
 dockerTools.streamLayeredImage {
   name = "sdnext";
-  tag = "2026-01-22";
+  tag = "2026-07-14"; # SD.Next's tag (provision/sdnext_pin.toml)
   contents = [
     root
     dockerTools.binSh # /bin/sh for the s6 run scripts

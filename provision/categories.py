@@ -17,7 +17,8 @@ class Category:
     name: str
     folder: str  # relative to the models root ($WORKSPACE/sdnext/models)
     what: str
-    warning: str | None = None  # set when SD.Next at the pin no longer loads this category
+    warning: str | None = None  # set when SD.Next at the pin may not load this category
+    removed: str | None = None  # set when SD.Next at the pin has no such folder: refused, and why
 
 
 def _pinned() -> dict:
@@ -27,7 +28,7 @@ def _pinned() -> dict:
 
 PIN = _pinned()
 CATEGORIES: dict[str, Category] = {
-    name: Category(name, entry["folder"], entry["what"], entry.get("warning"))
+    name: Category(name, entry["folder"], entry["what"], entry.get("warning"), entry.get("removed"))
     for name, entry in PIN["categories"].items()
 }
 ALIASES: dict[str, str] = dict(PIN.get("aliases", {}))
@@ -43,5 +44,5 @@ def valid_names() -> list[str]:
 
 
 def folders() -> list[str]:
-    """Every folder the runtime creates under the models root."""
-    return sorted({c.folder for c in CATEGORIES.values()})
+    """Every folder the runtime creates under the models root (none for a removed category)."""
+    return sorted({c.folder for c in CATEGORIES.values() if not c.removed})

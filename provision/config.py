@@ -94,6 +94,9 @@ def load_plan(
                 f" (valid: {', '.join(categories.valid_names())})"
             )
             continue
+        if category.removed:
+            problems.append(f"{where}: not a folder of SD.Next {categories.PIN['tag']}: {category.removed}")
+            continue
         if category.warning:
             plan.warnings.append(f"{where}: {category.warning}")
         if not isinstance(entries, dict):

@@ -3,9 +3,9 @@
 The runtime's provision service runs it after a successful provisioning run, so models that
 landed while SD.Next was starting (or already running) show up without a restart.
 
-SD.Next's rescan endpoints change between releases: at tag 2026-01-22 it has refresh-checkpoints,
-refresh-vae and refresh-loras (answering 200); refresh-unets came on 2026-03-22, and later tags
-answer 204. So the running SD.Next is asked which it has (its /openapi.json), those are called,
+SD.Next's rescan endpoints change between releases: tag 2026-01-22 has refresh-checkpoints,
+refresh-vae and refresh-loras (answering 200); refresh-unets came on 2026-03-22, and from
+2026-06-16 all but refresh-loras answer 204 (the pinned 2026-07-14 among them). So the running SD.Next is asked which it has (its /openapi.json), those are called,
 any 2xx counts, and a folder with no endpoint is a note saying how its files become visible.
 """
 
@@ -20,7 +20,7 @@ import requests
 from .categories import PIN
 
 # The rescan endpoints of the pinned tag and the folders each covers, and the folders that have
-# none (UNET and Text-encoder at 2026-01-22): sdnext_pin.toml.
+# none (Text-encoder at 2026-07-14): sdnext_pin.toml.
 RESCANS: dict[str, list[str]] = dict(PIN["rescans"])
 UNCOVERED: list[str] = list(PIN["no-rescan"]["folders"])
 

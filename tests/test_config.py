@@ -193,13 +193,28 @@ def test_every_category_maps_to_the_sdnext_folder():
         "scunet": "SCUNet",
         "hypernetworks": "hypernetworks",
         "yolo": "yolo",
-        "gfpgan": "GFPGAN",
-        "codeformer": "Codeformer",
+        "wildcards": "wildcards",
+        "styles": "styles",
+        "autocomplete": "autocomplete",
     }
     text = "".join(f'[models.{c}]\nm = "https://example.com/{c}.bin"\n' for c in expected)
     result = plan(text)
     assert {i.category: i.folder for i in result.items} == {c: ROOT / f for c, f in expected.items()}
-    assert sorted(expected) == sorted(categories.valid_names())
+    assert sorted([*expected, "gfpgan", "codeformer"]) == sorted(categories.valid_names())
+
+
+@pytest.mark.parametrize("removed", ["gfpgan", "codeformer"])
+def test_a_category_whose_folder_the_pinned_tag_removed_is_refused_with_why(removed):
+    found = problems(f'[models.{removed}]\nface = "https://example.com/GFPGANv1.4.pth"\n')
+    assert len(found) == 1
+    assert found[0].startswith(f"models.{removed}: not a folder of SD.Next 2026-07-14: ")
+    assert "removed the GFPGAN and CodeFormer face restorers" in found[0] and "[models.yolo]" in found[0]
+
+
+def test_realesrgan_is_downloaded_with_a_warning_that_sdnext_cannot_load_it_here():
+    result = plan('[models.realesrgan]\nx4 = "https://example.com/RealESRGAN_x4plus.pth"\n')
+    assert len(result.items) == 1
+    assert any("basicsr" in w and "models/RealESRGAN" in w for w in result.warnings)
 
 
 def test_deprecated_category_is_accepted_with_a_warning():

@@ -118,23 +118,20 @@ def test_the_sdnext_source_pin_evaluates_with_every_builtin_extension(nix_env, t
           }};
         in {{
           inherit (pin) name script;
-          sources = map (src: {{ inherit (src) owner repo rev hash; }})
+          sources = map (src: {{ inherit (src) owner repo rev hash; arguments = builtins.attrNames src; }})
             ([ pin.passthru.sdnext ] ++ builtins.attrValues pin.passthru.extensions);
         }}
         """
     )
     pin = evaluate(nix_env, stub)
-    assert pin["name"] == "sdnext-source-2026-01-22"
+    assert pin["name"] == "sdnext-source-2026-07-14"
     sources = {s["repo"]: s for s in pin["sources"]}
-    assert sources["sdnext"]["rev"] == "2026-01-22"
-    assert len(sources) == 6
+    assert sources["sdnext"]["rev"] == "2026-07-14"
+    assert sources["sdnext-modernui"]["rev"] == "4b8d5f67781b4fb33058ffda39dc4228eb2f98ee"
+    assert len(sources) == 4
     for source in sources.values():
         assert re.fullmatch(r"sha256-[A-Za-z0-9+/]{43}=", source["hash"]), source
-    for folder in (
-        "sd-extension-system-info",
-        "sd-extension-chainner",
-        "stable-diffusion-webui-rembg",
-        "sdnext-modernui",
-        "sdnext-kanvas",
-    ):
+        # A kept-back extension's tag-rev and deviation are for people, not fetchFromGitHub.
+        assert source["arguments"] == ["hash", "outPath", "owner", "repo", "rev"]
+    for folder in ("sd-extension-chainner", "sdnext-modernui", "sdnext-kanvas"):
         assert "cp -r /nix/store/" in pin["script"] and f"$out/extensions-builtin/{folder}\n" in pin["script"]

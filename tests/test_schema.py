@@ -47,6 +47,7 @@ def test_the_schema_knows_every_category_and_key_the_tool_knows():
         '[modles.lora]\nx = "https://example.com/x"\n',
         '[models.lora.x]\nrepo = "a/b"\nrevision = "../../etc"\n',
         "[models]\n",
+        '[models.gfpgan]\nx = "https://example.com/GFPGANv1.4.pth"\n',
     ],
 )
 def test_what_the_config_stage_refuses_the_schema_refuses_too(text):

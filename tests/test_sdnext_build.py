@@ -42,7 +42,7 @@ def test_the_emulated_build_finds_nothing():
     report = buildcheck.check()
     assert report.problems == []
     # The scan really ran over the CUDA wheels: torch's own needs went through the search paths.
-    assert report.elf_files > 600 and report.wheels > 240
+    assert report.elf_files > 550 and report.wheels > 240
     assert report.rules["search path into nvidia-cudnn-cu12"] >= 1
     assert report.rules["nixpkgs zlib"] >= 10
 
@@ -58,7 +58,7 @@ def test_the_command_line_prints_totals_and_exits_0():
 
 def test_exactly_the_source_builds_have_a_build_system(locked):
     from_source = sorted(p.name for p in locked if p.built_from_source)
-    assert from_source == ["antlr4-python3-runtime", "diffusers", "noise"]
+    assert from_source == ["antlr4-python3-runtime", "noise"]  # diffusers: a PyPI wheel now
     assert sorted(buildcheck.read_fixes().build_systems) == from_source
 
 

@@ -40,11 +40,11 @@ def upstream(tmp_path) -> tuple[Path, str]:
     main.mkdir(parents=True)
     git("init", "-q", "-b", "master", cwd=main)
     (main / "launch.py").write_text("print('sdnext')\n")
-    (main / "requirements.txt").write_text("torch==2.9.1\nrich==14.2.0\nnewpkg==1.0\n")
+    (main / "requirements.txt").write_text("torch==2.10.0\nrich==14.2.0\nnewpkg==1.0\n")
     (main / "installer.py").write_text(
         "def check_onnx():\n    install('onnxruntime-gpu', 'onnxruntime-gpu')\n"
         "def check_diffusers():\n    install(f'git+https://github.com/huggingface/diffusers@{sha}')\n"
-        "    install('rich==13.0.0')\n    install('torch==2.9.1')\n"
+        "    install('rich==13.0.0')\n    install('torch==2.10.0')\n"
     )
     git("add", ".", cwd=main)
     git(
@@ -80,14 +80,14 @@ def test_bump_rewrites_the_pin_from_the_tag_and_its_submodules(upstream, tmp_pat
         == bump.tomllib.loads((REPO / "provision" / "sdnext_pin.toml").read_text())["categories"]
     )
     out = capsys.readouterr().out
-    assert "pin: 2026-01-22 -> 2099-01-01" in out
-    assert "extension sd-extension-system-info: removed" in out
-    assert "requirements.txt: rich: pyproject 14.1.0 -> requirements 14.2.0" in out
+    assert "pin: 2026-07-14 -> 2099-01-01" in out
+    assert "extension sdnext-kanvas: removed" in out
+    assert "requirements.txt: rich: pyproject 15.0.0 -> requirements 14.2.0" in out
     assert "requirements.txt: newpkg: pyproject (not pinned) -> requirements 1.0" in out
     assert "requirements.txt: torch" not in out  # the same pin on both sides
     # installer.py's own installs at start: what the image's environment lacks or pins otherwise.
     assert "installer.py installs onnxruntime-gpu (unpinned): not in pyproject.toml" in out
-    assert "installer.py installs rich==13.0.0: pyproject.toml pins 14.1.0" in out
+    assert "installer.py installs rich==13.0.0: pyproject.toml pins 15.0.0" in out
     assert "installer.py installs torch" not in out and "diffusers" not in out
 
 
@@ -131,3 +131,137 @@ def test_the_hash_is_the_nar_hash_of_the_commits_files(upstream, tmp_path):
         ["nix-hash", "--type", "sha256", str(tree)], capture_output=True, text=True
     ).stdout
     assert base64.b64decode(sri[7:]).hex() == hex_hash.strip()  # base32 decoded right
+
+
+def forget_commit(repository: Path, keep: str) -> None:
+    """Make the repository's newer commits unreachable, as a public snapshot that lacks them."""
+    git("reset", "-q", "--hard", keep, cwd=repository)
+    git("reflog", "expire", "--expire=now", "--all", cwd=repository)
+    git("gc", "-q", "--prune=now", cwd=repository)
+
+
+@pytest.fixture
+def kept_back(upstream, tmp_path) -> tuple[Path, str, str]:
+    """The fixture's tag pins an extension commit nobody can have; an older one can be had."""
+    main, _ = upstream
+    ext = tmp_path / "owner" / "sd-extension-demo"
+    older = git("rev-parse", "HEAD", cwd=ext).strip()
+    (ext / "demo.py").write_text("print('demo 2')\n")
+    git("commit", "-q", "-am", "ext 2", cwd=ext)
+    newer = git("rev-parse", "HEAD", cwd=ext).strip()
+    sub = main / "extensions-builtin" / "sd-extension-demo"
+    git("fetch", "-q", "origin", cwd=sub)
+    git("checkout", "-q", newer, cwd=sub)
+    git("commit", "-q", "-am", "release 2", cwd=main)
+    git("tag", "2099-02-01", cwd=main)
+    forget_commit(ext, older)
+    return main, older, newer
+
+
+def test_a_commit_the_tag_pins_that_cannot_be_had_stops_the_bump_and_names_the_way_on(
+    kept_back, tmp_path, capsys
+):
+    main, _older, newer = kept_back
+    pin = tmp_path / "pin.toml"
+    pin.write_text((REPO / "provision" / "sdnext_pin.toml").read_text())
+    before = pin.read_text()
+    os.environ["GIT_ALLOW_PROTOCOL"] = "file"
+    assert bump.main(["2099-02-01", "--repo", str(main), "--pin", str(pin), "--no-lock"]) == 1
+    err = capsys.readouterr().err
+    assert f"sd-extension-demo: commit {newer} that 2099-02-01 pins is neither in --archives" in err
+    assert "give --nearest sd-extension-demo=REV" in err
+    assert pin.read_text() == before  # nothing half-written
+
+
+def test_nearest_pins_the_commit_that_can_be_had_and_records_the_tags_and_why(kept_back, tmp_path, capsys):
+    main, older, newer = kept_back
+    pin = tmp_path / "pin.toml"
+    pin.write_text((REPO / "provision" / "sdnext_pin.toml").read_text())
+    os.environ["GIT_ALLOW_PROTOCOL"] = "file"
+    argv = ["2099-02-01", "--repo", str(main), "--pin", str(pin), "--no-lock"]
+    assert bump.main([*argv, "--nearest", f"sd-extension-demo={older}"]) == 0
+    entry = bump.tomllib.loads(pin.read_text())["extensions"]["sd-extension-demo"]
+    assert entry["rev"] == older and entry["tag-rev"] == newer
+    assert entry["deviation"] == (
+        f"2099-02-01 pins {newer[:8]}, which no reachable source holds; "
+        f"{older[:8]} is the nearest commit that can be hashed"
+    )
+    assert entry["hash"] == bump.nar_hash(tmp_path / "owner" / "sd-extension-demo", older)
+    assert "deviation: 2099-02-01 pins" in capsys.readouterr().out
+
+
+def test_an_archive_of_the_commit_serves_when_no_clone_can(upstream, tmp_path):
+    main, ext_rev = upstream
+    ext = tmp_path / "owner" / "sd-extension-demo"
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    tarball = archives / f"sd-extension-demo-{ext_rev}.tar.gz"
+    prefix = f"--prefix=sd-extension-demo-{ext_rev}/"
+    with open(tarball, "wb") as out:
+        archive = subprocess.run(
+            ["git", "archive", prefix, ext_rev], cwd=ext, capture_output=True, check=True
+        )
+        out.write(subprocess.run(["gzip", "-n"], input=archive.stdout, capture_output=True).stdout)
+    expected = bump.nar_hash(ext, ext_rev)
+    subprocess.run(["rm", "-rf", str(ext)], check=True)  # GitHub out of reach
+    pin = tmp_path / "pin.toml"
+    pin.write_text((REPO / "provision" / "sdnext_pin.toml").read_text())
+    os.environ["GIT_ALLOW_PROTOCOL"] = "file"
+    argv = ["2099-01-01", "--repo", str(main), "--pin", str(pin), "--archives", str(archives), "--no-lock"]
+    assert bump.main(argv) == 0
+    assert bump.tomllib.loads(pin.read_text())["extensions"]["sd-extension-demo"]["hash"] == expected
+
+
+SOURCES = REPO.parent / "shared" / "sources"
+
+
+def tag_file(path: str) -> str:
+    """A file of SD.Next at the pinned tag, from the archive ../shared/sources holds."""
+    tag = bump.tomllib.loads((REPO / "provision" / "sdnext_pin.toml").read_text())["tag"]
+    archive = SOURCES / f"sdnext-{tag}.tar.gz"
+    if not archive.exists():
+        pytest.fail(f"{archive} is missing: the test run needs ../shared/sources beside the checkout")
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile(f"sdnext-{tag}/{path}")
+        assert member is not None
+        return member.read().decode()
+
+
+def test_the_pins_folders_and_rescans_are_the_tags_own():
+    pin = bump.tomllib.loads((REPO / "provision" / "sdnext_pin.toml").read_text())
+    folders = bump.folder_options(tag_file("modules/ui_definitions.py"))
+    assert folders["lora_dir"] == "Lora" and folders["unet_dir"] == "UNET"
+    assert "GFPGAN" not in folders.values() and "Codeformer" not in folders.values()
+    controlnet = "os.path.join(opts.control_dir, 'controlnet')"
+    assert controlnet in tag_file("modules/control/units/controlnet.py")
+    for name, category in pin["categories"].items():
+        if category.get("removed"):
+            assert category["folder"] not in folders.values(), name
+        elif category.get("warning") and category["folder"] not in folders.values():
+            assert "no longer loads" in category["warning"], name  # downloaded, with why
+        elif category["folder"] == "control/controlnet":
+            assert folders["control_dir"] == "control"
+        else:
+            assert category["folder"] in folders.values(), name
+    routes = bump.rescan_routes(
+        tag_file("modules/api/api.py")
+        + tag_file("modules/api/loras.py")
+        + tag_file("modules/api/endpoints.py")
+    )
+    assert routes == {
+        "refresh-checkpoints": 204,
+        "refresh-vae": 204,
+        "refresh-unets": 204,
+        "refresh-loras": 200,
+    }
+    assert set(pin["rescans"]) == set(routes)
+
+
+def test_the_pins_hashes_are_the_archives_of_the_commits_they_name():
+    pin = bump.tomllib.loads((REPO / "provision" / "sdnext_pin.toml").read_text())
+    if which("nix-hash") is None:
+        pytest.fail("needs nix-hash (tests/run.sh installs nix-bin)")
+    assert bump.archive_hash(SOURCES / f"sdnext-{pin['tag']}.tar.gz") == pin["source"]["hash"]
+    for entry in pin["extensions"].values():
+        archive = SOURCES / f"{entry['repo']}-{entry['rev']}.tar.gz"
+        assert bump.archive_hash(archive) == entry["hash"], entry["repo"]

@@ -57,19 +57,26 @@ def test_payload_estimate_names_the_big_wheels():
     first = result.stdout.splitlines()[0]
     packages, gigabytes = int(first.split()[0]), float(first.split(", ")[1].split()[0])
     assert packages > 200 and 3.0 < gigabytes < 8.0
-    assert "| torch | 2.9.1 |" in result.stdout and "nvidia-cudnn-cu12" in result.stdout
+    assert "| torch | 2.10.0 |" in result.stdout and "nvidia-cudnn-cu12" in result.stdout
 
 
 def test_lock_pins_what_sdnext_expects():
     lock = (SDNEXT / "uv.lock").read_text()
     for name, version in (
-        ("torch", "2.9.1"),
-        ("torchvision", "0.24.1"),
-        ("transformers", "4.57.5"),
+        ("torch", "2.10.0"),
+        ("torchvision", "0.25.0"),
+        ("transformers", "5.13.1"),
+        ("diffusers", "0.39.0"),
+        ("huggingface-hub", "1.23.0"),
+        ("hf-xet", "1.5.2"),
         ("gradio", "3.43.2"),
         ("setuptools", "69.5.1"),
         ("numpy", "2.1.2"),
     ):
         assert f'name = "{name}"\nversion = "{version}"' in lock, name
-    assert "diffusers?rev=d7a1c31f4f85bae5a9e01cdce49bd7346bd8ccd6" in lock
+    # Every package from PyPI: no git source for Nix to clone at evaluation time.
+    assert "source = { git" not in lock
+    # CUDA 12.8, and nothing of CUDA 13 (its wheels are *-cu13 and cuda-toolkit).
+    assert 'name = "nvidia-cuda-runtime-cu12"\nversion = "12.8.' in lock
     assert 'name = "nvidia-cudnn-cu12"' in lock and 'name = "nvidia-cublas-cu12"\nversion = "12.8.' in lock
+    assert "-cu13" not in lock and 'name = "cuda-toolkit"' not in lock

@@ -46,7 +46,7 @@ def test_the_workflow_builds_tests_probes_and_pushes_only_tags():
     assert "if: startsWith(github.ref, 'refs/tags/')" in text.split("docker push")[0].rsplit("- name:", 1)[1]
     # The image name the workflow loads is the one nix/image.nix builds.
     image = (REPO / "nix" / "image.nix").read_text()
-    assert 'name = "sdnext";' in image and 'tag = "2026-01-22";' in image
-    assert "IMAGE: sdnext:2026-01-22" in text
+    assert 'name = "sdnext";' in image and 'tag = "2026-07-14";' in image
+    assert "IMAGE: sdnext:2026-07-14" in text
     # No secret expression inline in a script (actionlint's untrusted-input rule covers events).
     assert "${{ secrets." not in "".join(line for line in text.splitlines() if "run:" in line)

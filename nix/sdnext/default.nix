@@ -14,6 +14,7 @@
 }:
 let
   source = pkgs.callPackage ./source.nix { };
+  pin = builtins.fromTOML (builtins.readFile ../../provision/sdnext_pin.toml);
 
   workspace = uv2nix.lib.workspace.loadWorkspace { workspaceRoot = ./.; };
   lockOverlay = workspace.mkPyprojectOverlay { sourcePreference = "wheel"; };
@@ -37,7 +38,7 @@ let
     pkgs.zlib
   ];
 in
-runCommand "sdnext-2026-01-22"
+runCommand "sdnext-${pin.tag}"
   {
     nativeBuildInputs = [ makeWrapper ];
     passthru = { inherit env source pythonSet; };

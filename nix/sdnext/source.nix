@@ -17,7 +17,19 @@
 let
   pin = builtins.fromTOML (builtins.readFile ../../provision/sdnext_pin.toml);
   sdnext = fetchFromGitHub pin.source;
-  extensions = builtins.mapAttrs (_: fetchFromGitHub) pin.extensions;
+  # Only fetchFromGitHub's own arguments: an extension kept at another commit than the tag's
+  # also records `tag-rev` and `deviation` (bump.py --nearest), which are for people.
+  fetchPinned =
+    _: entry:
+    fetchFromGitHub {
+      inherit (entry)
+        owner
+        repo
+        rev
+        hash
+        ;
+    };
+  extensions = builtins.mapAttrs fetchPinned pin.extensions;
 in
 runCommand "sdnext-source-${pin.tag}" { passthru = { inherit sdnext extensions; }; } ''
   cp -r ${sdnext} $out
