@@ -259,8 +259,10 @@ def check_driver(proc_version: Path) -> Outcome:
 
 
 def _child(argv: list[str], cache: str) -> subprocess.CompletedProcess:
-    """Run a compile check in a child whose caches are fresh, so it compiles instead of reusing."""
-    env = dict(os.environ, TRITON_CACHE_DIR=f"{cache}/triton", TORCHINDUCTOR_CACHE_DIR=f"{cache}/inductor")
+    """Run a compile check in a child whose caches are fresh, so it compiles instead of reusing,
+    and where torch.compile is on (with it off, the check would pass without compiling)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_COMPILE_DISABLE", "TORCHDYNAMO_DISABLE")}
+    env.update(TRITON_CACHE_DIR=f"{cache}/triton", TORCHINDUCTOR_CACHE_DIR=f"{cache}/inductor")
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=900)
 
 
