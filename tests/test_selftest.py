@@ -1,9 +1,13 @@
 """The image's `selftest` (nix/sdnext/selftest.py), its CPU part, against a small environment
 made here: real ELF files (this Python's _ssl extension), one intact, one whose dependency is
-missing, one whose missing dependency build-fixes.toml ignores with a reason."""
+missing, one whose missing dependency build-fixes.toml ignores with a reason; the host's NVIDIA
+driver from stand-ins (the kernel module's /proc file, nvidia-smi); the C compiler triton builds
+with, run by SD.Next's own environment (SDNEXT_VENV: the one with triton) with this machine's gcc
+and without any."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, child_env, which
 
 SELFTEST = REPO / "nix" / "sdnext" / "selftest.py"
 
@@ -35,9 +39,20 @@ def copy_needing(source: Path, target: Path, needed: str, instead: str) -> None:
     target.write_bytes(data.replace(needed.encode() + b"\0", instead.encode() + b"\0"))
 
 
-def selftest(*args: str) -> subprocess.CompletedProcess:
+def selftest(
+    *args: str, python: str = sys.executable, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess:
+    """selftest's CPU part; no driver unless a test gives one (`--nvidia-proc`, nvidia-smi on PATH).
+    `env` goes over this environment (without secrets); a None value removes that variable."""
+    if "--nvidia-proc" not in args:
+        args = ("--nvidia-proc", "/nonexistent/driver/nvidia/version", *args)
+    merged = {**child_env(), **(env or {})}
     return subprocess.run(
-        [sys.executable, str(SELFTEST), "--cpu", *args], capture_output=True, text=True, timeout=120
+        [python, str(SELFTEST), "--cpu", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={key: value for key, value in merged.items() if value is not None},
     )
 
 
@@ -68,6 +83,10 @@ def test_a_whole_environment_passes_and_says_what_it_skipped(site, tmp_path, ext
         )
         for line in lines
     ), lines
+    assert any(
+        line.startswith("skipped NVIDIA driver: none found (no GPU, or the container") for line in lines
+    )
+    assert "skipped torch.compile and a triton kernel on CUDA: --cpu" in lines
     assert lines[-1] == "selftest: 2 libraries loaded or skipped, no GPU checked; 0 failed"
 
 
@@ -91,3 +110,127 @@ def test_an_import_that_fails_fails_the_test(tmp_path):
         "FAIL    import no_such_module_here: ModuleNotFoundError: No module named 'no_such_module_here'"
         in (result.stdout)
     )
+
+
+# The kernel module's version file as the two driver flavours write it (only the NVRM line counts).
+PROPRIETARY = (
+    "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {version}  Wed Oct 27 21:21:55 UTC 2021\n"
+    "GCC version:  gcc version 9.3.0 (Ubuntu 9.3.0-17ubuntu1~20.04)\n"
+)
+OPEN = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {version}  Release Build  "
+    "(dvs-builder@U16-I3-B03-4-3)  Thu Jan 16 23:21:53 UTC 2025\n"
+    "GCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04)\n"
+)
+NVIDIA_SMI = """#!{python}
+import sys
+# As strict as the real one for what selftest asks; anything else is refused.
+if sys.argv[1:] != ["--query-gpu=driver_version", "--format=csv,noheader"]:
+    print("Invalid combination of input arguments. Please run 'nvidia-smi -h' for help.", file=sys.stderr)
+    sys.exit(2)
+print("{version}\\n{version}")  # one line per GPU: two GPUs here
+"""
+
+
+def check_driver(
+    tmp_path: Path, proc: str | None = None, nvidia_smi: str | None = None
+) -> tuple[subprocess.CompletedProcess, str, Path]:
+    """selftest with this driver version file (when given) and an nvidia-smi on PATH that
+    reports this version (when given); its result, its driver line, and the file's path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if nvidia_smi:
+        fake = bin_dir / "nvidia-smi"
+        fake.write_text(NVIDIA_SMI.format(python=sys.executable, version=nvidia_smi))
+        fake.chmod(0o755)
+    version_file = tmp_path / "version"
+    if proc:
+        version_file.write_text(proc)
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent)])
+    result = selftest(
+        *("--modules", "json", "--site", str(tmp_path / "none"), "--nvidia-proc", str(version_file)),
+        env={"PATH": path},
+    )
+    lines = [line for line in result.stdout.splitlines() if line[8:].startswith("NVIDIA driver")]
+    assert len(lines) == 1, result.stdout + result.stderr
+    return result, lines[0], version_file
+
+
+def test_a_driver_too_old_for_cuda_12_8_fails_and_says_so(tmp_path):
+    result, line, proc = check_driver(tmp_path, proc=PROPRIETARY.format(version="470.82.01"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert line == (
+        f"FAIL    NVIDIA driver 470.82.01 (from {proc}): too old for this image's CUDA 12.8: it needs at "
+        "least 525.60.13 (CUDA 12 minor version compatibility), 570.26 or newer for full CUDA 12.8 "
+        "support. torch cannot use the GPU with this driver: choose a host with a newer driver"
+    )
+    assert result.stdout.splitlines()[-1].endswith("; 1 failed")
+
+
+def test_a_driver_older_than_cuda_12_8s_own_is_a_note(tmp_path):
+    result, line, proc = check_driver(tmp_path, proc=OPEN.format(version="535.183.01"))
+    assert line.startswith(
+        f"note    NVIDIA driver 535.183.01 (from {proc}): older than CUDA 12.8's own driver 570.26: "
+        "CUDA 12.8 runs through minor version compatibility (at least 525.60.13)"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_new_driver_reported_by_nvidia_smi_passes(tmp_path):
+    # No /proc file (as in a container whose /proc hides it): nvidia-smi answers.
+    result, line, _ = check_driver(tmp_path, nvidia_smi="575.57.08")
+    assert (
+        line
+        == "ok      NVIDIA driver 575.57.08 (from nvidia-smi): new enough for CUDA 12.8 (at least 570.26)"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_old_driver_from_nvidia_smi_fails_too(tmp_path):
+    result, line, _ = check_driver(tmp_path, nvidia_smi="520.61.05")
+    assert line.startswith("FAIL    NVIDIA driver 520.61.05 (from nvidia-smi): too old")
+    assert result.returncode == 1
+
+
+@pytest.fixture(scope="module")
+def sdnext_python() -> str:
+    """The Python of SD.Next's locked environment (it has triton), as in the image."""
+    venv = os.environ.get("SDNEXT_VENV")
+    python = Path(venv, "bin", "python") if venv else None
+    if python is None or not python.exists():
+        message = "SDNEXT_VENV must name the environment of nix/sdnext/uv.lock (README: the real SD.Next)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(python)
+
+
+COMPILER = "C compiler for triton (its CUDA glue and kernel launchers)"
+
+
+def test_the_c_compiler_triton_builds_with_is_checked_for_real(tmp_path, sdnext_python):
+    gcc = which("gcc")  # the image's gcc (Nix); here Debian's, which tests/run.sh installs
+    if gcc is None:
+        pytest.skip("no gcc here (tests/run.sh installs it)")
+    home = tmp_path / "home"
+    home.mkdir()
+    # The image names its gcc in CC.
+    env = {"HOME": str(home), "CC": gcc}
+    result = selftest("--modules", "json", "--site", str(tmp_path / "none"), python=sdnext_python, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok      {COMPILER}: {gcc} built and loaded a Python extension" in result.stdout.splitlines()
+    # It compiled into a cache of its own that is gone now, not into triton's default (~/.triton).
+    assert not (home / ".triton").exists()
+
+
+def test_without_a_c_compiler_selftest_fails_and_says_why(tmp_path, sdnext_python):
+    # PATH holds SD.Next's Python and nothing else: no gcc, no clang; CC is not set.
+    env = {"CC": None, "PATH": str(Path(sdnext_python).parent)}
+    result = selftest("--modules", "json", "--site", str(tmp_path / "none"), python=sdnext_python, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    failures = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert failures == [
+        f"FAIL    {COMPILER}: none found (CC is not set; no gcc or clang on PATH). Without it no triton "
+        "kernel runs on the GPU (SD.Next's compile test, SDNQ's compiled dequantization, torch.compile): "
+        "the image sets CC to its gcc: was CC or PATH changed?"
+    ]
