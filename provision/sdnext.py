@@ -5,8 +5,9 @@ landed while SD.Next was starting (or already running) show up without a restart
 
 SD.Next's rescan endpoints change between releases: tag 2026-01-22 has refresh-checkpoints,
 refresh-vae and refresh-loras (answering 200); refresh-unets came on 2026-03-22, and from
-2026-06-16 all but refresh-loras answer 204 (the pinned 2026-07-14 among them). So the running SD.Next is asked which it has (its /openapi.json), those are called,
-any 2xx counts, and a folder with no endpoint is a note saying how its files become visible.
+2026-06-16 all but refresh-loras answer 204 (the pinned 2026-07-14 among them). So the running
+SD.Next is asked which it has (its /openapi.json), those are called, any 2xx counts, and a
+folder with no endpoint is a note saying how its files become visible.
 """
 
 from __future__ import annotations

@@ -31,21 +31,6 @@ SECRET_VARS = (
 )
 
 
-def pytest_addoption(parser):
-    parser.addoption("--run-sdnext-real", action="store_true", help="run the real SD.Next start test")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The real SD.Next start is opt-in: without --run-sdnext-real it is deselected (not skipped),
-    so a skip in the normal run always means something is missing."""
-    if config.getoption("--run-sdnext-real"):
-        return
-    opt_in = [item for item in items if "sdnext_real" in item.keywords]
-    if opt_in:
-        config.hook.pytest_deselected(items=opt_in)
-        items[:] = [item for item in items if "sdnext_real" not in item.keywords]
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     """No test sees the developer's tokens or endpoints, and none can reach the real services:
@@ -107,9 +92,14 @@ def cli(capsys, workspace):
     return run
 
 
+ENDPOINT_VARS = ("HF_ENDPOINT", "CIVITAI_ENDPOINT", "GDRIVE_ENDPOINT")
+
+
 def child_env() -> dict[str, str]:
-    """The environment for a child process: this one's, without any secret."""
-    return {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    """The environment for a child process: this one's, without any secret. The endpoints stay
+    as this test set them (a fake's or a closed loopback port, see clean_env): dropped, they
+    would send the child to the real services."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_VARS or k in ENDPOINT_VARS}
 
 
 def run_module(

