@@ -402,7 +402,7 @@ def test_files_that_arrived_are_rescanned_when_another_item_failed(start, cdn, w
     assert "FAILED (exit code 1)" in text
     assert "the files that did arrive are in place; asking SD.Next to rescan" in text
     assert "/sdapi/v1/refresh-loras" in runtime.refreshes()
-    assert sha256((runtime.workspace / "sdnext/models/Lora/good.safetensors").read_bytes()) == sha256(data)
+    assert sha256((runtime.workspace / "sdnext/models/Lora/lora.safetensors").read_bytes()) == sha256(data)
     wait_for(lambda: "provision: finished with exit code" in log_text(runtime, "provision"), 30)
     assert "provision: finished with exit code 1" in log_text(runtime, "provision")
 
