@@ -86,6 +86,6 @@ def test_the_image_has_the_user_sshd_drops_privileges_to(image):
     assert "fake-nss" not in image["contents"] and "fake-nss-overridden" in image["contents"]
     passwd = image["nss"]["extraPasswdLines"]
     assert [line.split(":")[0] for line in passwd] == ["sshd"]
-    name, _, uid, gid, _, home, shell = passwd[0].split(":")
+    _, _, uid, gid, _, home, shell = passwd[0].split(":")
     assert home == "/var/empty" and uid == gid and shell == "/bin/false"
     assert image["nss"]["extraGroupLines"] == [f"sshd:x:{gid}:"]
