@@ -250,3 +250,25 @@ def test_an_ssh_port_in_use_leaves_the_rest_running_and_a_duplicate_stops_init(s
     duplicate.start()
     assert duplicate.process.wait(timeout=20) != 0
     assert f"SSH_PORT and TTYD_PORT are both {duplicate.env['TTYD_PORT']}" in duplicate.console
+
+
+def test_a_key_already_in_roots_authorized_keys_starts_the_server(keys, tmp_path):
+    # Where a platform may have put the account's keys: read at every login, so one added there
+    # while the container runs works at once.
+    (key, public), (later, later_public) = keys("alice"), keys("bob")
+    runtime = make_runtime(tmp_path / "c", {"PASSWORD": PASSWORD, "SSH_PORT": str(free_port())})
+    authorized = runtime.root / "home" / ".ssh" / "authorized_keys"
+    authorized.parent.mkdir(parents=True)
+    authorized.write_text(public + "\n")
+    try:
+        runtime.start()
+        runtime.wait_ready()
+        sshd_up(runtime)
+        assert f"accepting the 1 key(s) in {authorized}" in runtime.console
+        trusted = known_hosts(runtime, tmp_path / "known_hosts")
+        assert ssh(runtime, key, trusted, "true").returncode == 0
+        assert ssh(runtime, later, trusted, "true").returncode == 255
+        authorized.write_text(public + "\n" + later_public + "\n")
+        assert ssh(runtime, later, trusted, "true").returncode == 0
+    finally:
+        runtime.kill()
