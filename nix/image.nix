@@ -45,8 +45,8 @@ let
   # (src/extract_gpuinfo_nvidia.c at 3.2.0; the NVIDIA runtime mounts the library). nixpkgs'
   # build (pkgs/tools/system/nvtop/build-nvtop.nix) still lists cudatoolkit as a build input of
   # the nvidia flavour, which nothing of nvtop's build uses: dropped, so building the image
-  # fetches no CUDA toolkit and the closure holds none. (callPackage's override; mkDerivation
-  # skips a null input.)
+  # fetches no CUDA toolkit and the closure holds none. (.override: callPackage's; a null build
+  # input is accepted by checkDependencyList in pkgs/stdenv/generic/make-derivation.nix.)
   nvtop = nvtopPackages.nvidia.override { cudatoolkit = null; };
 
   # The terminal's tools. gitMinimal: git without Perl, Python, PCRE2 or the manual

@@ -82,7 +82,8 @@ def build(
             "PYTHONPYCACHEPREFIX": str(workspace / ".cache" / "sdnext-pycache"),
         }
     )
-    # SD.Next imports GitPython, which refuses to load without a git binary; the image has none.
+    # SD.Next imports GitPython, which refuses to load without a git binary (the image has git;
+    # a bare environment may not): quiet lets it load either way.
     child_env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     tcmalloc = env.get("TCMALLOC_LIB")
     if tcmalloc and not env.get("NO_TCMALLOC") and Path(tcmalloc).exists():
