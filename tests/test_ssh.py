@@ -129,13 +129,17 @@ def fingerprint(public_key: Path) -> str:
 
 def test_the_right_key_runs_a_command_in_the_workspace_and_nothing_else_gets_in(start, keys, tmp_path):
     (alice, alice_pub), (bob, bob_pub), (carol, carol_pub) = keys("alice"), keys("bob"), keys("carol")
+    dave, dave_pub = keys("dave")
     mallory, _ = keys("mallory")
-    runtime = start(PUBLIC_KEY=f"{alice_pub}\n\n{bob_pub}\n", SSH_PUBLIC_KEY=carol_pub, HF_TOKEN=HF_TOKEN)
+    # One key per line, and two joined by a space on one line (as some platforms pass them).
+    runtime = start(
+        PUBLIC_KEY=f"{alice_pub}\n\n{bob_pub} {dave_pub}\n", SSH_PUBLIC_KEY=carol_pub, HF_TOKEN=HF_TOKEN
+    )
     sshd_up(runtime)
     trusted = known_hosts(runtime, tmp_path / "known_hosts")
 
     # RunPod's PUBLIC_KEY (two keys, one per line) and Vast.ai's SSH_PUBLIC_KEY all let in root.
-    for key in (alice, bob, carol):
+    for key in (alice, bob, carol, dave):
         done = ssh(runtime, key, trusted, 'pwd; echo "$WORKSPACE"; whoami; env')
         assert done.returncode == 0, done.stderr
         cwd, workspace, user, *env = done.stdout.splitlines()
@@ -169,7 +173,7 @@ def test_the_right_key_runs_a_command_in_the_workspace_and_nothing_else_gets_in(
     assert "Accepted publickey for root from 127.0.0.1" in log
     assert HF_TOKEN not in log and PASSWORD not in log
     # The console said which keys it accepts, from where.
-    for key, variable in ((alice, "PUBLIC_KEY"), (bob, "PUBLIC_KEY"), (carol, "SSH_PUBLIC_KEY")):
+    for key, variable in ((alice, "PUBLIC_KEY"), (dave, "PUBLIC_KEY"), (carol, "SSH_PUBLIC_KEY")):
         assert (
             f"{fingerprint(key.with_suffix('.pub'))} {key.name}@test (ED25519) from {variable}"
             in runtime.console
