@@ -190,7 +190,7 @@ def test_no_key_means_no_ssh_server_and_a_bad_key_is_named_not_shown(start, keys
     broken = start(PUBLIC_KEY="ssh-ed25519 not-base64-at-all me@laptop", SSH_PUBLIC_KEY=private_key)
     assert "PUBLIC_KEY line 1 is not an SSH public key: skipped" in broken.console
     assert "SSH_PUBLIC_KEY line 1 is a PRIVATE key: skipped" in broken.console
-    assert "no SSH key given" in broken.console and not listening(int(broken.env["SSH_PORT"]))
+    assert "no usable SSH key given" in broken.console and not listening(int(broken.env["SSH_PORT"]))
     secret_line = private_key.splitlines()[1]
     assert secret_line not in broken.console and "not-base64-at-all" not in broken.console
 
