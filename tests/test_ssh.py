@@ -205,7 +205,8 @@ def test_the_host_key_survives_a_restart_and_rsync_and_scp_work_both_ways(start,
     assert f"host key 256 {fingerprint(host_key_file)}" in line and "keys only" in line
     trusted = known_hosts(first, tmp_path / "known_hosts")
     assert ssh(first, key, trusted, "true").returncode == 0
-    first.stop()
+    first.stop()  # as docker stop: sshd goes with the rest
+    assert first.tree_pids() == [] and not listening(int(first.env["SSH_PORT"]))
 
     # A new container on the same volume (a restart): the client that trusted the first host key
     # connects without a warning (StrictHostKeyChecking=yes with the first boot's known_hosts).
