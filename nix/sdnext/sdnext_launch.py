@@ -95,7 +95,8 @@ def build(
     # path needs, and a compiler the image has for triton's GPU launchers only. torch reads this.
     if not gpu_present or "--use-cpu" in sdnext_args:
         child_env.setdefault("TORCH_COMPILE_DISABLE", "1")
-    # SD.Next imports GitPython, which refuses to load without a git binary; the image has none.
+    # SD.Next imports GitPython, which refuses to load without a git binary (the image has git;
+    # a bare environment may not): quiet lets it load either way.
     child_env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     tcmalloc = env.get("TCMALLOC_LIB")
     if tcmalloc and not env.get("NO_TCMALLOC") and Path(tcmalloc).exists():
