@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from .conftest import blob, sha256, tree
 from .fakes.civitai import VersionFile
 from .fakes.hub import git_blob_sha1
 from .fakes.static import StaticFolder
+from .fleet import static_server
 
 COMMIT = "a" * 40
 WEIGHTS = blob(300 * 1024, seed=11)  # an LFS file: the Hub publishes its sha256
@@ -66,21 +64,11 @@ def origin_requests(*servers) -> int:
 @pytest.fixture
 def http_mirror(tmp_path):
     """`python -m http.server` over a folder: a plain static file server in its own process
-    (no Range, no ETag), the kind `provision mirror`'s README points at."""
+    (no Range, no ETag), the kind the README points at."""
     folder = tmp_path / "mirror"
     folder.mkdir()
-    server = subprocess.Popen(
-        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(folder)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = server.stdout.readline()
-    port = re.search(r"port (\d+)", line)
-    assert port, line
-    yield folder, f"http://127.0.0.1:{port[1]}"
-    server.terminate()
-    server.wait()
+    with static_server(folder) as url:
+        yield folder, url
 
 
 def test_a_second_host_gets_every_locked_file_from_the_mirror_without_tokens_or_source_requests(

@@ -20,20 +20,21 @@ class StaticFolder(FakeCDN):
     reject_authorization: bool = False  # a header that reaches it is seen in `requests` instead
 
     def handle(self, h: Handler, path: str, query: dict) -> None:
-        if self.dead:
+        with self.lock:
+            # The request that meets a fault is the last one served: any later one, even one
+            # racing it, finds the server gone.
+            gone = self.dead
+            if self.die_after_fault and self.faults.get(path):
+                self.dead = True
+        if gone:
             self._end(h, reset=True)
             return
         file = self.root / path.lstrip("/")
         if ".." in Path(path).parts or not file.is_file():
             h.reply(404, b"no such file")
             return
-        self.files[path] = self.files.get(path) or self.add(path, file.read_bytes())
-        self.files[path].data = file.read_bytes()  # the folder as it is now
-        with self.lock:
-            faulted = bool(self.faults.get(path))
+        self.add(path, file.read_bytes())  # the folder as it is now
         super().handle(h, path, query)
-        if faulted and self.die_after_fault:
-            self.dead = True
 
     def cut(self, path: str, at: int) -> None:
         """The next answer for `path` resets the connection after `at` body bytes."""
