@@ -44,9 +44,8 @@ def main() -> int:
         for scenario in ("without mirror", "with mirror"):
             rows.append(run(scenario, root / scenario.replace(" ", "-"), args))
     size = rows[0][1]
-    print(
-        f"\n{args.hosts} hosts, set of {size / MiB:.1f} MiB, origin cap {args.origin_rate_mib or 'none'} MiB/s/conn"
-    )
+    cap = f"{args.origin_rate_mib:g} MiB/s per connection" if args.origin_rate_mib else "none"
+    print(f"\n{args.hosts} hosts, a set of {size / MiB:.1f} MiB, origin cap {cap}")
     print(f"{'scenario':<16} {'origin MiB':>10} {'sets':>5}  host wall seconds (host 1 first)")
     for scenario, size, origin, walls in rows:
         shown = " ".join(f"{w:5.2f}" for w in walls)
@@ -87,7 +86,8 @@ def run(scenario: str, root: Path, args) -> tuple[str, int, int, list[float]]:
 
 
 def provision(models: ModelSet, *argv: str) -> None:
-    subprocess.run([sys.executable, "-m", "provision", *argv], env=models.env, check=True, capture_output=True)
+    command = [sys.executable, "-m", "provision", *argv]
+    subprocess.run(command, env=models.env, check=True, capture_output=True)
 
 
 if __name__ == "__main__":
