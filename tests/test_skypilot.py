@@ -28,10 +28,6 @@ SECRETS = [f"PASSWORD={PASSWORD}", f"OPEN_BUTTON_TOKEN={TOKEN}", "HF_TOKEN=hf_ab
 
 
 def skypilot(*files: Path, secrets=SECRETS, envs=ENVS) -> tuple[int, dict]:
-    if not PYTHON.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{PYTHON} is missing; tests/run.sh installs it (CI must skip nothing)")
-        pytest.skip(f"{PYTHON} is missing: run ./tests/run.sh once")
     argv = [str(PYTHON), str(CHECK), *map(str, files), *envs]
     for secret in secrets:
         argv += ["--secret", secret]
@@ -45,6 +41,11 @@ def skypilot(*files: Path, secrets=SECRETS, envs=ENVS) -> tuple[int, dict]:
 
 @pytest.fixture
 def files(tmp_path) -> dict[str, Path]:
+    """The YAML files, copied where a test may break them; SkyPilot must be installed."""
+    if not PYTHON.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PYTHON} is missing; tests/run.sh installs it (CI must skip nothing)")
+        pytest.skip(f"{PYTHON} is missing: run ./tests/run.sh once")
     copies = {}
     for path in SKYPILOT.glob("*.yaml"):
         copies[path.name] = tmp_path / path.name
