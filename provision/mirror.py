@@ -32,6 +32,7 @@ from .download import Checksum, Download, FetchError
 from .engine import Engine, FetchResult, Progress
 from .http import new_session
 from .records import VerifiedRecords
+from .report import ItemResult
 from .retry import RetryPolicy
 from .secrets import without_secrets
 
@@ -62,7 +63,7 @@ class Mirror:
             if not urlsplit(text).hostname:
                 raise ConfigError([f"--mirror {without_secrets(text)}: no host in the URL"])
             return cls(text.rstrip("/"))
-        if scheme and scheme != "file" and len(scheme) > 1:  # "C:" is no scheme
+        if scheme and scheme != "file":
             raise ConfigError(
                 [f"--mirror {without_secrets(text)}: give an http(s) URL or a folder, not a {scheme}: URL"]
             )
@@ -110,7 +111,12 @@ class MirrorFirst:
         checksum = download.checksum
         if checksum is None or not checksum.value or self._down:
             return self._from_source(download, progress)
-        refusal: list[int] = []
+        refusal: list[int] = []  # a 4xx from the mirror: it has no copy (not: it is down)
+
+        def refused(status: int) -> str:
+            refusal.append(status)
+            return f"the mirror answered {status}"
+
         mirrored = Download(
             url=self.mirror.url(checksum),
             dest=download.dest,
@@ -119,16 +125,18 @@ class MirrorFirst:
             size_hint=download.size_hint,
             headers={},  # nothing of the source's (tokens, cookies) goes to the mirror
             identity=f"mirror:{address(checksum)}",  # its own .part: never stitched onto the source's
-            explain=lambda status: refusal.append(status) or f"the mirror answered {status}",
+            explain=refused,
         )
         try:
             result = self.engine.fetch(mirrored, progress)
         except FetchError as err:
             self._fell_back(download, str(err), refusal)
             return self._from_source(download, progress)
+        if result.status == "skipped":
+            return result, FROM_DISK
         # Recorded under the source's identity, as if its source had served it.
         self.records.store(download.dest, download.identity, checksum)
-        return result, FROM_DISK if result.status == "skipped" else FROM_MIRROR
+        return result, FROM_MIRROR
 
     def _from_source(self, download: Download, progress: Progress | None) -> tuple[FetchResult, str]:
         result = self.source.fetch(download, progress)
@@ -241,11 +249,11 @@ class _Limited:
         self.file.close()
 
 
-def shown_fetched_from(results, mirror: Mirror) -> list[str]:
+def shown_fetched_from(results: list[ItemResult], mirror: Mirror) -> list[str]:
     """Lines for the end of a run: where each item's files came from."""
     lines = []
     for result in results:
-        origins = getattr(result, "fetched_from", None) or {}
+        origins = result.fetched_from or {}
         counts: dict[str, list[str]] = {}
         for path, origin in origins.items():
             counts.setdefault(origin, []).append(path)

@@ -4,14 +4,20 @@ source (with a warning naming the mirror) when it lacks a file, is down, or serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import blob, sha256, tree
+from provision.ranges import Ranges
+
+from .conftest import blob, run_module, sha256, start_module, tree
 from .fakes.civitai import VersionFile
 from .fakes.hub import git_blob_sha1
 from .fakes.static import StaticFolder
@@ -260,3 +266,46 @@ def test_filling_a_mirror_from_a_host_without_the_files_says_what_to_run(cli, or
     assert tree(folder) == [f"sha256/{sha256(UPSCALER)}"]
     nolock = cli("mirror", str(folder), str(tmp_path / "other.toml"))
     assert nolock.code == 2 and "create it with `provision lock" in nolock.text
+
+
+def test_a_signal_during_a_mirror_download_keeps_its_bytes_and_the_next_run_resumes_from_the_mirror(
+    cli, hub, write_config, workspace, tmp_path
+):
+    big = blob(2 * 1024 * 1024, seed=14)
+    hub.add_repo("org/big", {"big.safetensors": big}, commit=COMMIT)
+    config = write_config('[models.checkpoints.big]\nrepo = "org/big"\nfile = "big.safetensors"\n')
+    first_host(cli, config, workspace)
+    mirror = StaticFolder(root=tmp_path / "mirror").start()
+    try:
+        assert cli("mirror", str(mirror.root), str(config)).code == 0
+        mirror.rate = 256 * 1024  # per connection: still on its way at the signal
+        second = tmp_path / "host-2"
+        argv = [str(config), "--locked", "--json", "--workspace", str(second), "--mirror", mirror.url]
+        env = {"HF_ENDPOINT": hub.url, "PROVISION_READ_TIMEOUT": "300"}
+        state = second / "sdnext/models/Stable-diffusion/big.safetensors.part.state"
+        process = start_module(*argv, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                if Ranges(json.loads(state.read_text())["done"]).covered() >= 512 * 1024:
+                    break
+            time.sleep(0.05)
+        mirror.gate = threading.Event()  # no body moves from now on
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 143, err
+        assert "interrupted: 1 partial file kept (big.safetensors)" in err
+        kept = Ranges(json.loads(state.read_text())["done"]).covered()
+
+        mirror.gate.set()
+        mirror.gate, mirror.rate = None, None
+        mirror.wait_idle()
+        mirror.body_bytes = 0
+        again = run_module(*argv, env=env)
+        assert again.returncode == 0, again.stderr
+        (row,) = json.loads(again.stdout)
+        assert row["fetched_from"] == {"Stable-diffusion/big.safetensors": "mirror"}
+        assert row["bytes"] == len(big) - kept, "only the missing bytes, from the mirror"
+        assert (second / "sdnext/models/Stable-diffusion/big.safetensors").read_bytes() == big
+    finally:
+        mirror.stop()
