@@ -133,7 +133,34 @@ def test_secrets_are_references_the_config_and_lock_a_configmap_models_a_shared_
     assert service["spec"]["sessionAffinity"] == "ClientIP", "a login is one pod's session"
     mirror_env = {e["name"]: e.get("value") for e in init["env"]}
     assert mirror_env["PROVISION_MIRROR"] == "http://sdnext-mirror"
-    assert ("Service", "sdnext-mirror") in docs and ("Service", "sdnext-olah") in docs
+    assert ("Service", "sdnext-olah") in docs
+
+
+def test_the_mirror_pod_installs_the_lock_writes_it_by_hash_and_serves_only_that(rendered):
+    docs = objects(rendered["example"])
+    pod = docs[("Deployment", "sdnext-mirror")]["spec"]["template"]["spec"]
+    install, fill = pod["initContainers"]
+    assert install["args"] == [
+        "provision",
+        "/config/models.toml",
+        "--locked",
+        "--workspace",
+        "/data/workspace",
+    ]
+    assert fill["args"][:3] == ["provision", "mirror", "/data/mirror"] and "/data/workspace" in fill["args"]
+    (serve,) = pod["containers"]
+    (html,) = [m for m in serve["volumeMounts"] if m["mountPath"] == "/usr/share/nginx/html"]
+    assert html["subPath"] == "mirror" and html["readOnly"] is True, "the workspace and tokens stay unserved"
+    assert "env" not in serve
+    service = docs[("Service", "sdnext-mirror")]
+    assert service["spec"]["ports"][0]["port"] == 80  # http://sdnext-mirror, as PROVISION_MIRROR says
+    images = {c["image"] for d in docs.values() if d["kind"] == "Deployment" for c in _containers(d)}
+    assert "ghcr.io/OWNER/REPO:2026-01-22" in images and "sdnext:2026-01-22" not in images
+
+
+def _containers(deployment: dict) -> list[dict]:
+    spec = deployment["spec"]["template"]["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
 
 
 class StandIn(FakeServer):
