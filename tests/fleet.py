@@ -144,9 +144,18 @@ class Host:
         return "".join(self.output)
 
     def fetched_from(self) -> dict[str, str]:
-        return {
-            path: origin for row in json.loads(self.stdout) for path, origin in row["fetched_from"].items()
-        }
+        return fetched_from(self.stdout)
+
+
+def report_items(text: str) -> list[dict]:
+    """The items of a run's --json report: a list of rows, or an object with `items`."""
+    report = json.loads(text)
+    return report["items"] if isinstance(report, dict) else report
+
+
+def fetched_from(text: str) -> dict[str, str]:
+    """Per file under the models folder, where a run's --json report says it came from."""
+    return {path: origin for row in report_items(text) for path, origin in row["fetched_from"].items()}
 
 
 def start_host(models: ModelSet, workspace: Path, *extra: str, env: dict | None = None) -> Host:

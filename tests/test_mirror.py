@@ -21,7 +21,7 @@ from .conftest import blob, run_module, sha256, start_module, tree
 from .fakes.civitai import VersionFile
 from .fakes.hub import git_blob_sha1
 from .fakes.static import StaticFolder
-from .fleet import static_server
+from .fleet import fetched_from, report_items, static_server
 
 COMMIT = "a" * 40
 WEIGHTS = blob(300 * 1024, seed=11)  # an LFS file: the Hub publishes its sha256
@@ -109,13 +109,10 @@ def test_a_second_host_gets_every_locked_file_from_the_mirror_without_tokens_or_
     for path, data in FILES.items():
         assert (second / "sdnext" / "models" / path).read_bytes() == data
     assert tree(second / "sdnext" / "models") == sorted(FILES)
-    report = json.loads(result.out)
-    assert {path: origin for row in report for path, origin in row["fetched_from"].items()} == dict.fromkeys(
-        FILES, "mirror"
-    )
+    assert fetched_from(result.out) == dict.fromkeys(FILES, "mirror")
     # Run again: everything in place, nothing asked anywhere.
     rerun = cli(str(origin), "--locked", "--workspace", str(second), "--mirror", url, "--json")
-    assert {o for row in json.loads(rerun.out) for o in row["fetched_from"].values()} == {"disk"}
+    assert set(fetched_from(rerun.out).values()) == {"disk"}
 
 
 def test_tokens_stay_with_their_sources_and_the_table_says_where_each_file_came_from(
@@ -156,7 +153,7 @@ def test_a_corrupt_mirror_file_never_lands_and_the_source_serves_it(
     assert result.code == 0, result.text
     assert f"model.safetensors: the mirror {url} served other bytes (checksum mismatch" in result.text
     assert (second / "sdnext/models/Stable-diffusion/model.safetensors").read_bytes() == WEIGHTS
-    origins = {p: o for row in json.loads(result.out) for p, o in row["fetched_from"].items()}
+    origins = fetched_from(result.out)
     assert origins["Stable-diffusion/model.safetensors"] == "source"
     assert origins["Lora/style.safetensors"] == "mirror"
 
@@ -197,7 +194,7 @@ def test_a_local_folder_from_the_environment_is_a_mirror_too(
         result = cli(str(origin), "--locked", "--workspace", str(second), "--json")
         assert result.code == 0, result.text
         assert origin_requests(hub, cdn) == before
-        assert {o for row in json.loads(result.out) for o in row["fetched_from"].values()} == {"mirror"}
+        assert set(fetched_from(result.out).values()) == {"mirror"}
         for path, data in FILES.items():
             assert (second / "sdnext" / "models" / path).read_bytes() == data
     finally:
@@ -303,7 +300,7 @@ def test_a_signal_during_a_mirror_download_keeps_its_bytes_and_the_next_run_resu
         mirror.body_bytes = 0
         again = run_module(*argv, env=env)
         assert again.returncode == 0, again.stderr
-        (row,) = json.loads(again.stdout)
+        (row,) = report_items(again.stdout)
         assert row["fetched_from"] == {"Stable-diffusion/big.safetensors": "mirror"}
         assert row["bytes"] == len(big) - kept, "only the missing bytes, from the mirror"
         assert (second / "sdnext/models/Stable-diffusion/big.safetensors").read_bytes() == big
