@@ -130,6 +130,8 @@ class MirrorFirst:
         try:
             result = self.engine.fetch(mirrored, progress)
         except FetchError as err:
+            if self.engine.cancelled.is_set():
+                raise  # Ctrl-C or SIGTERM: nothing falls back
             self._fell_back(download, str(err), refusal)
             return self._from_source(download, progress)
         if result.status == "skipped":
@@ -146,9 +148,9 @@ class MirrorFirst:
         name = download.dest.name
         if refusal:
             why = f"has no copy of it ({refusal[0]})"
-        elif "mismatch" in error:
+        elif not error.startswith("gave up after"):  # it answered, with another size or hash
             why = f"served other bytes ({error.split(';')[0]})"
-        else:
+        else:  # connections refused or cut, timeouts, 5xx: every try failed
             with self._lock:
                 first = self._down is None
                 self._down = error

@@ -306,3 +306,24 @@ def test_a_signal_during_a_mirror_download_keeps_its_bytes_and_the_next_run_resu
         assert (second / "sdnext/models/Stable-diffusion/big.safetensors").read_bytes() == big
     finally:
         mirror.stop()
+
+
+def test_a_mirror_answering_with_a_page_instead_of_a_file_stays_asked_for_the_others(
+    cli, origin, workspace, tmp_path, http_mirror
+):
+    # Some static hosts answer a missing file with 200 and an HTML page: other bytes, not "down".
+    folder, url = http_mirror
+    first_host(cli, origin, workspace)
+    assert cli("mirror", str(folder), str(origin)).code == 0
+    page = folder / "sha256" / sha256(WEIGHTS)
+    page.unlink()
+    page.write_text("<html>404: try the home page</html>")
+    second = tmp_path / "host-2"
+    result = cli(str(origin), "--locked", "--workspace", str(second), "--mirror", url, "--json")
+    assert result.code == 0, result.text
+    assert f"model.safetensors: the mirror {url} served other bytes (the server offers 35 bytes" in result.err
+    assert "is not answering" not in result.text
+    origins = fetched_from(result.out)
+    assert origins.pop("Stable-diffusion/model.safetensors") == "source" and set(origins.values()) == {
+        "mirror"
+    }
