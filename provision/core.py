@@ -114,6 +114,10 @@ class Provisioner:
         """Plan, resolve and fetch. With a lock beside the config (or `lock_file`), its items
         are fetched exactly as locked, and the lock follows the config's added and removed
         items; `locked=True` refuses a lock that is missing or out of date instead."""
+        if self.mirror:
+            from .mirror import Mirror  # a wrong mirror is a ConfigError before any request
+
+            Mirror.parse(self.mirror)
         plan = self.plan(config)
         lock, where = self._existing_lock(config)
         diff = lockfile.compare(lock, plan) if lock is not None else None
