@@ -144,7 +144,9 @@ class Provisioner:
             settings = self._settings(for_lock=lock is not None, drift_hint=self._upgrade_command(config))
             outcome = self._execute(runnable, settings)
             report.results.extend(outcome.results)
-            if lock is not None and not self.dry_run and not configsource.is_remote(where):
+            # --locked installs the lock as it is: it is up to date, and where it runs (a
+            # Kubernetes ConfigMap, a CI checkout) it may be read-only, so it is never rewritten.
+            if lock is not None and not self.dry_run and not locked and not configsource.is_remote(where):
                 plan.items = every_item
                 self._update_lock(lock, where, plan, outcome, config)
         # Keep the config's order whatever order the work finished in.

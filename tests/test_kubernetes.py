@@ -195,3 +195,21 @@ def test_the_probe_command_passes_only_while_sdnext_answers_on_its_loopback_port
     finally:
         server.stop()
     assert probe_exit() == 1, "nothing listening: not ready"
+
+
+def test_a_locked_run_never_rewrites_the_lock_a_configmap_mounts_read_only(cli, hub, write_config):
+    # The init container runs `provision /config/models.toml --locked` with /config read-only.
+    hub.add_repo("org/a", {"a.safetensors": b"a" * 20_000})
+    hub.add_repo("org/b", {"b.safetensors": b"b" * 20_000})
+    items = [
+        '[models.lora.a]\nrepo = "org/a"\nfile = "a.safetensors"\n',
+        '[models.lora.b]\nrepo = "org/b"\nfile = "b.safetensors"\n',
+    ]
+    config = write_config("\n".join(items))
+    assert cli("lock", str(config)).code == 0
+    lock = config.with_suffix(".lock")
+    before = (lock.read_text(), lock.stat().st_mtime_ns)
+    config.write_text("\n".join(reversed(items)))  # the same items in another order: still up to date
+    result = cli(str(config), "--locked")
+    assert result.code == 0, result.text
+    assert (lock.read_text(), lock.stat().st_mtime_ns) == before
