@@ -169,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     config = args.config or default_source()
     if not config:
         parser.error("no config given: pass a path or URL, or set PROVISION_URL")
-    mirror = args.mirror or os.environ.get("PROVISION_MIRROR") or None
-    if mirror is not None:
+    mirror = None
+    if mirror_given := args.mirror or os.environ.get("PROVISION_MIRROR"):
         from .mirror import Mirror  # the engine's imports: only for runs that use a mirror
 
         try:
-            mirror = Mirror.parse(mirror)
+            mirror = Mirror.parse(mirror_given)
         except ConfigError as err:
             parser.error(err.problems[0])
 
