@@ -30,6 +30,7 @@ let
       ../bench
       ../.github # tests/test_workflow.py reads the workflow
       ../schema
+      ../deploy # tests/test_kubernetes.py and test_skypilot.py read it
     ];
   };
   python = python3.withPackages (import ./test-python.nix);

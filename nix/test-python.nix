@@ -9,4 +9,5 @@ ps: [
   ps.pyelftools # reads the ELF files of a test wheel like nix/sdnext/wheel_manifest.py
   ps.pyte # renders provision's terminal output in tests/test_terminal.py
   ps.jsonschema # checks the examples against schema/models.schema.json
+  ps.pyyaml # reads the rendered Kubernetes manifests in tests/test_kubernetes.py
 ]

@@ -31,6 +31,8 @@ examples:
   provision lock models.toml                   pin every item in models.lock
   provision models.toml --locked               the locked files, or refuse
   provision status models.toml                 the model folders, file by file
+  provision mirror /srv/mirror models.toml     the locked files by hash (fleets)
+  provision models.toml --locked --mirror http://mirror:8080/
   PROVISION_URL=https://example.com/m.toml provision --jobs 3
 
 environment:
@@ -38,6 +40,7 @@ environment:
   WORKSPACE                 the workspace (default /workspace)
   PROVISION_URL             the config, when none is given
   PROVISION_LOCK_URL        its lock (same URL rules), unless --lock-file
+  PROVISION_MIRROR          a mirror to ask first (URL or folder), or --mirror
   HF_ENDPOINT, CIVITAI_ENDPOINT, GDRIVE_ENDPOINT
                             other base URLs (mirrors, tests)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, SSL_CERT_FILE
@@ -121,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse to run unless the lock exists and matches the config (CI, the image)",
     )
+    parser.add_argument(
+        "--mirror",
+        metavar="URL",
+        help="a mirror written by `provision mirror`, asked first for every file with a known hash:"
+        " an http(s) URL or a folder (default: $PROVISION_MIRROR)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan/report as JSON on stdout")
     parser.add_argument("--log-file", type=Path, help="log file (default: <workspace>/logs/provision.log)")
     noise = parser.add_mutually_exclusive_group()
@@ -142,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         from .status import main as status  # the model folders as SD.Next will see them
 
         return status(argv[1:])
+    if argv[:1] == ["mirror"]:
+        from .mirrorcli import main as fill_mirror  # `provision mirror DIR`: the lock's files by hash
+
+        return fill_mirror(argv[1:])
     if argv[:1] == ["lock"]:
         from .lockcli import main as lock  # `provision lock CONFIG`: write models.lock
 
@@ -156,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     config = args.config or default_source()
     if not config:
         parser.error("no config given: pass a path or URL, or set PROVISION_URL")
+    mirror = None
+    if mirror_given := args.mirror or os.environ.get("PROVISION_MIRROR"):
+        from .mirror import Mirror  # the engine's imports: only for runs that use a mirror
+
+        try:
+            mirror = Mirror.parse(mirror_given)
+        except ConfigError as err:
+            parser.error(err.problems[0])
 
     provisioner = Provisioner(
         args.workspace,  # None: $WORKSPACE, else /workspace (the Provisioner decides)
@@ -170,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         only=args.only,
         force=args.force,
         lock_file=args.lock_file or os.environ.get("PROVISION_LOCK_URL") or None,
+        mirror=mirror.base if mirror is not None else None,
     )
     workspace = provisioner.workspace
     if workspace.exists() and not workspace.is_dir():
@@ -189,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for line in report.final_table().splitlines():
             log.info(line)
+        if mirror is not None:
+            from .mirror import shown_fetched_from
+
+            for line in shown_fetched_from(report.results, mirror):
+                log.info(line)
     log.info(report.summary())
     for result in report.failed:
         log.error(f"failed: {result.category}.{result.name}: {result.reason}")

@@ -58,6 +58,7 @@ class Provisioner:
         only: list[str] | None = None,
         force: bool = False,
         lock_file: str | Path | None = None,
+        mirror: str | None = None,
     ):
         if jobs < 1 or connections < 1:
             raise ValueError("jobs and connections must be at least 1")
@@ -78,6 +79,8 @@ class Provisioner:
         self.only = only or []  # globs over "category/name": the items to work on (all: empty)
         self.force = force  # fetch again even what is in place
         self.lock_file = lock_file  # a path or URL; None: beside the config (models.lock)
+        # A content-addressed mirror (URL or folder) asked before the sources: mirror.py.
+        self.mirror = mirror
         self.per_file = min(PER_FILE_CONNECTIONS, connections)
         self.retry = retry or RetryPolicy.from_env()
         # PROVISION_READ_TIMEOUT: seconds without a byte before a connection counts as stalled.
@@ -111,6 +114,10 @@ class Provisioner:
         """Plan, resolve and fetch. With a lock beside the config (or `lock_file`), its items
         are fetched exactly as locked, and the lock follows the config's added and removed
         items; `locked=True` refuses a lock that is missing or out of date instead."""
+        if self.mirror:
+            from .mirror import Mirror  # a wrong mirror is a ConfigError before any request
+
+            Mirror.parse(self.mirror)
         plan = self.plan(config)
         lock, where = self._existing_lock(config)
         diff = lockfile.compare(lock, plan) if lock is not None else None
@@ -137,7 +144,9 @@ class Provisioner:
             settings = self._settings(for_lock=lock is not None, drift_hint=self._upgrade_command(config))
             outcome = self._execute(runnable, settings)
             report.results.extend(outcome.results)
-            if lock is not None and not self.dry_run and not configsource.is_remote(where):
+            # --locked installs the lock as it is: it is up to date, and where it runs (a
+            # Kubernetes ConfigMap, a CI checkout) it may be read-only, so it is never rewritten.
+            if lock is not None and not self.dry_run and not locked and not configsource.is_remote(where):
                 plan.items = every_item
                 self._update_lock(lock, where, plan, outcome, config)
         # Keep the config's order whatever order the work finished in.
@@ -193,6 +202,8 @@ class Provisioner:
         runnable: list[Item] = []
         for item in items:
             problem = preflight(item)
+            if problem and self.mirror and item.locked is not None:
+                problem = None  # the mirror needs no token; its source is asked only if it lacks the file
             if problem and self.dry_run and self.offline:
                 # The lint passes a correct config; the token is this machine's business.
                 log.warning(f"warning: {item.table}: {problem} (a real run fails this item until then)")
@@ -219,6 +230,7 @@ class Provisioner:
             "verify": self.verify,
             "force": self.force,
             "progress": self.progress,
+            "mirror": self.mirror,
         }
         return RunSettings(**{**values, **overrides})
 

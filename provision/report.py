@@ -29,6 +29,8 @@ class ItemResult:
     verified: str | None = None  # sha256, git blob id, size only, none; records (in place as recorded)
     on_disk: str | None = None  # dry-run: in place, partial N%, missing, will replace, to check
     have: int = 0  # dry-run: bytes of it already on disk
+    # With a mirror (--mirror): per file under the models folder, "mirror", "source" or "disk".
+    fetched_from: dict[str, str] | None = None
 
     @classmethod
     def for_item(cls, item: Item, status: str, dest: Path | None = None, **extra) -> ItemResult:

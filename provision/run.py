@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paths
+from . import mirror, paths
 from .download import Checksum, Download
 from .engine import Engine, FetchError
 from .ondisk import file_state, item_state
@@ -51,6 +51,7 @@ class RunSettings:
     lock_only: bool = False
     # What to run when a locked file differs from its source ({item} is category/name).
     drift_hint: str | None = None
+    mirror: str | None = None  # a content-addressed mirror asked first (mirror.py): URL or folder
 
 
 @dataclass
@@ -74,6 +75,7 @@ class _Work:
     checks: set[str] = field(default_factory=set)  # how its files were verified
     fetching: int = 0  # files handed to the engine
     fetched: dict[Path, tuple[Checksum | None, str]] = field(default_factory=dict)
+    fetched_from: dict[Path, str] = field(default_factory=dict)  # per file: mirror, source or disk
 
     @property
     def files(self) -> list[Path]:
@@ -187,6 +189,7 @@ def _fetch_all(
         verify=settings.verify,
         force=settings.force,
     )
+    mirrored = mirror.for_run(settings.mirror, engine, verified, settings.retry)
     jobs = [
         (entry, download)
         for entry in work
@@ -220,7 +223,10 @@ def _fetch_all(
             log.info(f"start {entry.item.table} -> {target}")
         error = None
         try:
-            result = engine.fetch(download, progress)
+            if mirrored is not None:
+                result, came_from = mirrored.fetch(download, progress)
+            else:
+                result, came_from = engine.fetch(download, progress), None
         except FetchError as err:
             error = f"{download.dest.name}: {redact(str(err))}"
             if download.locked and settings.drift_hint:
@@ -245,6 +251,8 @@ def _fetch_all(
                 entry.checks.add(result.verified)
                 record = verified.lookup(download.dest)
                 entry.fetched[download.dest] = (record.checksum if record else None, result.status)
+                if came_from is not None:
+                    entry.fetched_from[download.dest] = came_from
             else:
                 entry.error = entry.error or error
                 entry.statuses.append(FAILED)
@@ -258,12 +266,15 @@ def _fetch_all(
     try:
         _run_all(settings.jobs, fetch_one, jobs)
     except BaseException as stop:  # Ctrl-C or SIGTERM: every transfer saves its state and stops
-        stop.partial_files = engine.cancel()  # type: ignore[attr-defined]  # for the one line the CLI prints
+        partial = engine.cancel() + (mirrored.cancel() if mirrored is not None else [])
+        stop.partial_files = sorted(partial)  # type: ignore[attr-defined]  # for the one line the CLI prints
         raise
     finally:
         progress.close()
         engine.close()
-    return [_fetched(entry) for entry in work]
+        if mirrored is not None:
+            mirrored.close()
+    return [_fetched(entry, settings) for entry in work]
 
 
 def _run_all(workers: int, function, inputs: list) -> None:
@@ -296,7 +307,7 @@ def _log_end(entry: _Work) -> None:
         log.info(f"done {entry.item.table}: {human_size(entry.bytes)} in {seconds:.1f}s")
 
 
-def _fetched(entry: _Work) -> ItemResult:
+def _fetched(entry: _Work, settings: RunSettings) -> ItemResult:
     item = entry.item
     if entry.error:
         status = FAILED
@@ -316,4 +327,11 @@ def _fetched(entry: _Work) -> ItemResult:
         reason=entry.error,
         files=len(entry.files) if item.is_repository else None,
         verified="records" if entry.in_place is not None else "+".join(sorted(entry.checks)) or None,
+        fetched_from=_fetched_from(entry, settings) if settings.mirror else None,
     )
+
+
+def _fetched_from(entry: _Work, settings: RunSettings) -> dict[str, str]:
+    """Per file (relative to the models folder) where it came from, with a mirror in use."""
+    origins = dict.fromkeys(entry.in_place or [], mirror.FROM_DISK) | entry.fetched_from
+    return {_shown(path, settings.workspace): origin for path, origin in origins.items()}

