@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from . import __version__, categories, paths
-from .config import ConfigError
+from .config import ConfigError, ConfigUnreachable
 from .configsource import default_source
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, Provisioner
 from .interrupt import Interrupted, stop_on_signals
 from .logsetup import setup_logging
+from .report import FAILED, KEPT, error_json
 from .secrets import redact, register_env_secrets
 from .workspacelock import WorkspaceBusy
 
@@ -63,8 +64,19 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """With --json on the command line, a usage error is a JSON object on stdout too."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            sys.stdout.write(error_json("usage", [message], EXIT_USAGE) + "\n")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="provision",
         description="Download the models listed in a TOML file into the folders SD.Next reads.",
         epilog=EPILOG,
@@ -147,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return lock(argv[1:])
     parser = build_parser()
+    parser.json_errors = "--json" in argv  # type: ignore[attr-defined]
     args = parser.parse_args(argv)
     if args.list_folders:
         sys.stdout.write("".join(f"{folder}\n" for folder in categories.folders()))
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     log_file = args.log_file or (None if args.dry_run else paths.log_file(workspace))
     start_logging(log_file, args)
     log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
-    report, failure = guarded(lambda: provisioner.run(config, locked=args.locked), workspace)
+    report, failure = guarded(lambda: provisioner.run(config, locked=args.locked), workspace, args.json)
     if failure is not None:
         return failure
 
@@ -189,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for line in report.final_table().splitlines():
             log.info(line)
+    if not args.dry_run:
+        # Each failure said once, here at the end, one line per distinct reason.
+        for line in report.reasons(KEPT):
+            log.warning(line)
+        for line in report.reasons(FAILED):
+            log.error(line)
     log.info(report.summary())
-    for result in report.failed:
-        log.error(f"failed: {result.category}.{result.name}: {result.reason}")
     return report.exit_code
 
 
@@ -202,27 +219,38 @@ def start_logging(log_file: Path | None, args: argparse.Namespace) -> None:
         log.warning(warning)
 
 
-def guarded(action: Callable[[], T], workspace: Path) -> tuple[T, None] | tuple[None, int]:
+def guarded(
+    action: Callable[[], T], workspace: Path, json_out: bool = False
+) -> tuple[T, None] | tuple[None, int]:
     """Run the action under Ctrl-C/SIGTERM handling: (its result, None), or (None, the exit
-    code) after saying why for a bad config, a busy workspace or a disk that refuses writes."""
+    code) after saying why for a bad config, a busy workspace or a disk that refuses writes
+    (with `json_out`, also as a JSON object on stdout)."""
     try:
         with stop_on_signals():
             return action(), None
+    except ConfigUnreachable as err:
+        return None, _stopped("unreachable", err.problems, EXIT_USAGE, "nothing was downloaded", json_out)
     except ConfigError as err:
-        for problem in err.problems:
-            log.error(f"error: {problem}")
-        log.error(f"{len(err.problems)} problem(s) in the configuration; nothing was downloaded")
-        return None, EXIT_USAGE
+        end = f"{len(err.problems)} problem(s) in the configuration; nothing was downloaded"
+        return None, _stopped("config", err.problems, EXIT_USAGE, end, json_out)
     except WorkspaceBusy as err:
-        log.error(f"error: {err}")
-        return None, EXIT_FAILED
+        return None, _stopped("busy", [str(err)], EXIT_FAILED, None, json_out)
     except OSError as err:
         if err.errno not in _DISK_ERRORS:
             raise
-        log.error(f"error: {describe_disk_error(err, workspace)}")
-        return None, EXIT_FAILED
+        return None, _stopped("disk", [describe_disk_error(err, workspace)], EXIT_FAILED, None, json_out)
     except (Interrupted, KeyboardInterrupt) as stop:
         _leave_interrupted(stop)
+
+
+def _stopped(kind: str, problems: list[str], code: int, end: str | None, json_out: bool) -> int:
+    for problem in problems:
+        log.error(f"error: {problem}")
+    if end:
+        log.error(end)
+    if json_out:
+        sys.stdout.write(error_json(kind, problems, code) + "\n")
+    return code
 
 
 # What a disk can refuse (an item's own download reports these per item).

@@ -286,9 +286,11 @@ class Engine:
             message = f"the server answered {status} ({what}) for {redact(download.url)}"
         raise FetchError(message)
 
-    def with_retries(self, what: str, attempt_fn: Callable[[], None], stop=None) -> None:
+    def with_retries(
+        self, what: str, attempt_fn: Callable[[], None], stop=None, url: str | None = None
+    ) -> None:
         try:
-            retrying(self.retry, what, attempt_fn, stop)
+            retrying(self.retry, what, attempt_fn, stop, url=url)
         except GaveUp as err:
             raise FetchError(str(err)) from None
 

@@ -11,6 +11,8 @@ from .plan import Item
 from .secrets import redact
 
 PLANNED, OK, SKIPPED, FAILED = "planned", "ok", "skipped", "failed"
+# --update could not ask the source, but the item's files are in place as verified: not a failure.
+KEPT = "kept"
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Report:
         return sum(r.size or 0 for r in self.results)
 
     def to_json(self) -> str:
+        """{"items": [one object per item], "summary": counts, sizes and the exit code}."""
         # Every text field passes through redact(): reasons may quote server answers.
         rows = []
         for result in self.results:
@@ -67,7 +70,31 @@ class Report:
                 if isinstance(value, str):
                     row[key] = redact(value)
             rows.append(row)
-        return json.dumps(rows, indent=2)
+        return json.dumps({"items": rows, "summary": self.summary_fields()}, indent=2)
+
+    def summary_fields(self) -> dict:
+        """What summary() says, for programs: `jq .summary.exit_code`."""
+        counts = {s: sum(r.status == s for r in self.results) for s in (PLANNED, OK, SKIPPED, KEPT, FAILED)}
+        return {
+            "items": len(self.results),
+            **counts,
+            "size": self.total_size,
+            "bytes": sum(r.bytes for r in self.results),
+            "to_download": self.to_download if self.dry_run else None,
+            "free_bytes": self.free_bytes,
+            "dry_run": self.dry_run,
+            "warnings": [redact(w) for w in self.warnings],
+            "exit_code": self.exit_code,
+        }
+
+
+def error_json(kind: str, problems: list[str], exit_code: int) -> str:
+    """A run that ended before any item (a bad or unreachable config, a busy workspace, a disk
+    that refuses writes), in the shape of a report: `provision ... --json | jq` never reads
+    an empty stdout."""
+    summary = {"items": 0, "exit_code": exit_code}
+    error = {"kind": kind, "problems": [redact(p) for p in problems]}
+    return json.dumps({"items": [], "summary": summary, "error": error}, indent=2)
 
     @property
     def to_download(self) -> int:
@@ -83,9 +110,20 @@ class Report:
             rows.append(
                 (f"{r.category}.{r.name}", human_size(r.size), seconds, speed, r.verified or "-", r.status)
             )
-        lines = columns(headers, rows)
-        lines += [f"  {r.category}.{r.name}: {r.reason}" for r in self.results if r.status == FAILED]
-        return redact("\n".join(lines))
+        return redact("\n".join(columns(headers, rows)))
+
+    def reasons(self, status: str) -> list[str]:
+        """Why the items of this status (failed, kept) are so: one line per distinct reason,
+        naming its items, so a dead host's 56 items make one line, not 56."""
+        by_reason: dict[str, list[str]] = {}
+        for r in self.results:
+            if r.status == status and r.reason:
+                by_reason.setdefault(r.reason, []).append(f"{r.category}.{r.name}")
+        lines = []
+        for reason, names in by_reason.items():
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(redact(f"{status} {shown}: {reason}"))
+        return lines
 
     def table(self) -> str:
         headers = ("STATUS", "ON DISK", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION")
@@ -94,15 +132,16 @@ class Report:
             for r in self.results
         ]
         lines = columns(headers, rows)
+        lines += [f"  {line}" for line in self.reasons(FAILED)]
         for r in self.results:
-            if r.reason:
+            if r.reason and r.status != FAILED:
                 lines.append(f"  {r.category}.{r.name}: {r.reason}")
             if r.detail:
                 lines.append(f"  {r.category}.{r.name}: {r.detail}")
         return redact("\n".join(lines))
 
     def summary(self) -> str:
-        counts = {s: sum(r.status == s for r in self.results) for s in (PLANNED, OK, SKIPPED, FAILED)}
+        counts = {s: sum(r.status == s for r in self.results) for s in (PLANNED, OK, SKIPPED, KEPT, FAILED)}
         parts = [f"{n} {s}" for s, n in counts.items() if n]
         count = len(self.results)
         text = f"{count} item{'' if count == 1 else 's'}: " + (", ".join(parts) or "nothing to do")

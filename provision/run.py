@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import paths
@@ -21,7 +21,7 @@ from .ondisk import file_state, item_state
 from .plan import Item
 from .progress import make_progress
 from .records import ItemRecords, VerifiedRecords, workspace_records
-from .report import FAILED, OK, PLANNED, SKIPPED, ItemResult, human_size
+from .report import FAILED, KEPT, OK, PLANNED, SKIPPED, ItemResult, human_size
 from .retry import RetryPolicy
 from .secrets import redact
 from .sources import Context, SourceError, check_tokens, resolve
@@ -71,6 +71,9 @@ class _Work:
     bytes: int = 0
     statuses: list[str] = field(default_factory=list)
     in_place: list[Path] | None = None  # recorded as done by an earlier run: no request needed
+    # --update could not ask the source (this says why), but the recorded files are verified in
+    # place: they stay, and the item counts as kept, not failed.
+    kept: str | None = None
     checks: set[str] = field(default_factory=set)  # how its files were verified
     fetching: int = 0  # files handed to the engine
     fetched: dict[Path, tuple[Checksum | None, str]] = field(default_factory=dict)
@@ -87,6 +90,8 @@ class _Work:
 
 
 def execute(items: list[Item], settings: RunSettings) -> Outcome:
+    # One breaker for the whole run: a host found dead while resolving fails its downloads at once.
+    settings = replace(settings, retry=settings.retry.for_one_run())
     ctx = Context(retry=settings.retry, timeout=settings.timeout)
     try:
         return _execute(items, settings, ctx)
@@ -119,10 +124,9 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> Outcome:
             entry.error = f"unexpected error while resolving: {redact(f'{type(err).__name__}: {err}')}"
 
     _run_all(settings.jobs, resolve_one, work)
+    if settings.update and not (settings.dry_run or settings.lock_only or settings.force):
+        _keep_what_is_in_place(work, done_before)
     _refuse_shared_destinations(work)
-    for entry in work:
-        if entry.error:
-            log.error(f"{entry.item.table}: {entry.error}")
 
     if settings.dry_run:
         return Outcome([_planned(entry, verified) for entry in work], {})
@@ -133,6 +137,18 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> Outcome:
         if not entry.error and entry.in_place is None
     }
     return Outcome(results, resolved)
+
+
+def _keep_what_is_in_place(work: list[_Work], done_before: ItemRecords) -> None:
+    """--update with a source that cannot answer: an item whose files an earlier run verified
+    stays as it is (the check for a newer version is what failed, not the item)."""
+    for entry in work:
+        if entry.error is None:
+            continue
+        recorded = done_before.in_place(entry.item.identity)
+        if recorded is not None:
+            entry.kept = f"in place as verified; could not check for a newer version: {entry.error}"
+            entry.error, entry.in_place = None, recorded
 
 
 def _refuse_shared_destinations(work: list[_Work]) -> None:
@@ -175,7 +191,10 @@ def _fetch_all(
     work: list[_Work], settings: RunSettings, verified: VerifiedRecords, done_before: ItemRecords
 ) -> list[ItemResult]:
     for entry in work:
-        if entry.in_place is not None:
+        if entry.kept is not None:
+            entry.statuses = [KEPT] * len(entry.in_place or [])
+            log.info(f"kept {entry.item.table}: in place as verified (why: at the end)")
+        elif entry.in_place is not None:
             entry.statuses = [SKIPPED] * len(entry.in_place)
             log.info(f"skipped {entry.item.table}: in place as recorded (--update asks the source again)")
     engine = Engine(
@@ -289,7 +308,7 @@ def _shown(path: Path, workspace: Path) -> str:
 def _log_end(entry: _Work) -> None:
     seconds = (entry.finished or 0) - (entry.started or 0)
     if entry.error:
-        log.error(f"failed {entry.item.table}: {entry.error}")
+        log.info(f"failed {entry.item.table} (why: at the end)")
     elif all(status == SKIPPED for status in entry.statuses):
         log.info(f"skipped {entry.item.table}: already in place and verified")
     else:
@@ -300,6 +319,8 @@ def _fetched(entry: _Work) -> ItemResult:
     item = entry.item
     if entry.error:
         status = FAILED
+    elif entry.kept is not None:
+        status = KEPT
     elif entry.statuses and all(s == SKIPPED for s in entry.statuses):
         status = SKIPPED
     else:
@@ -313,7 +334,7 @@ def _fetched(entry: _Work) -> ItemResult:
         size=None if not sizes or None in sizes else sum(sizes),  # type: ignore[arg-type]
         bytes=entry.bytes,
         seconds=round((entry.finished or 0) - (entry.started or 0), 3) if entry.started else 0.0,
-        reason=entry.error,
+        reason=entry.error or entry.kept,
         files=len(entry.files) if item.is_repository else None,
         verified="records" if entry.in_place is not None else "+".join(sorted(entry.checks)) or None,
     )

@@ -209,7 +209,7 @@ class Transfer:
             log.info(f"{self.download.dest.name}: resuming, {_mib(resumed)} already on disk")
         self.hasher.start()
         try:
-            self.engine.with_retries(self.download.dest.name, self._first_request)
+            self.engine.with_retries(self.download.dest.name, self._first_request, url=self.download.url)
             if self.total is not None and self.segmented:
                 self._fetch_pieces()
             self._finish()
@@ -564,7 +564,10 @@ class Transfer:
                 raise
 
         self.engine.with_retries(
-            f"{self.download.dest.name} bytes {piece.start}-{piece.end - 1}", attempt, self.stop
+            f"{self.download.dest.name} bytes {piece.start}-{piece.end - 1}",
+            attempt,
+            self.stop,
+            self.download.url,
         )
         return state["holding"]
 

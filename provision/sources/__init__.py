@@ -40,7 +40,7 @@ class Context:
             result.append(response)
 
         try:
-            retrying(self.retry, url.split("?")[0], attempt)
+            retrying(self.retry, redact(url.split("?")[0]), attempt, url=url)
         except GaveUp as err:
             raise SourceError(str(err)) from None
         except UnsafeRedirect as err:

@@ -50,9 +50,10 @@ def open_drive_file(
             retry or RetryPolicy.from_env(),
             f"Google Drive file {file_id}",
             lambda: result.append(_open_once(session, file_id, headers)),
+            url=download_url(file_id),
         )
     except GaveUp as err:
-        raise DriveError(f"Google Drive file {file_id}: {err}") from None
+        raise DriveError(str(err)) from None
     return result[0]
 
 

@@ -144,11 +144,11 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
             if status == 429 or (status or 0) >= 500:
                 raise Retryable(f"HTTP {status}") from None
             raise
-        except Exception as err:  # transport errors: requests', httpx' or httpx2's, by version
-            raise Retryable(f"{type(err).__name__}: {err}") from None
+        # Anything else (transport errors of the Hub client, by version) goes to retrying(),
+        # which tells a dead host from a transient failure (failures.classify).
 
     try:
-        retrying(ctx.retry, f"{hub()}/{spec.repo}", attempt)
+        retrying(ctx.retry, f"{hub()}/{spec.repo}", attempt, url=hub())
     except GatedRepoError:
         raise SourceError(gated_message(spec)) from None
     except RevisionNotFoundError:
@@ -173,7 +173,7 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
             f"Hugging Face answered {_status(err)}: {redact(str(err).splitlines()[0])}"
         ) from None
     except GaveUp as err:
-        raise SourceError(f"cannot reach {hub()}: {err}") from None
+        raise SourceError(str(err)) from None
     return result[0]
 
 
