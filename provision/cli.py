@@ -32,6 +32,9 @@ examples:
   provision lock models.toml                   pin every item in models.lock
   provision models.toml --locked               the locked files, or refuse
   provision status models.toml                 the model folders, file by file
+                                               (exit 1: a file missing, changed)
+  provision status models.toml --verify        also hash every file again
+  provision clean                              remove stray .part.state files
   PROVISION_URL=https://example.com/m.toml provision --jobs 3
 
 environment:
@@ -78,6 +81,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="provision",
+        usage="%(prog)s [CONFIG] [options]\n       %(prog)s lock|status|clean ... (each has --help)",
         description="Download the models listed in a TOML file into the folders SD.Next reads.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -154,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         from .status import main as status  # the model folders as SD.Next will see them
 
         return status(argv[1:])
+    if argv[:1] == ["clean"]:
+        from .clean import main as clean  # stray .part.state files
+
+        return clean(argv[1:])
     if argv[:1] == ["lock"]:
         from .lockcli import main as lock  # `provision lock CONFIG`: write models.lock
 

@@ -122,6 +122,8 @@ def _check_is_toml(text: str, shown: str, content_type: str) -> None:
 def _reason(err: Exception, url: str) -> str:
     """The one style of failures.Failure (host, reason, what to check), never requests' text."""
     failure = classify(err, url)
+    if failure is None and type(err).__module__.startswith("provision"):
+        return redact(str(err))  # our own refusals (a redirect to ftp:, a config that trickles) say why
     if failure is None:
         return "the request failed: check the URL and run again"
     return redact(failure.message(1))

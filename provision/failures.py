@@ -60,6 +60,8 @@ class Failure:
             check = _CHECK.get(self.reason.split(":")[0], "check the network and the URL")
             return f"cannot reach {where} ({self.reason}): {check}"
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        if self.reason.startswith("HTTP "):
+            return f"{where}: gave up after {tries} ({self.reason}): the server is failing; run again later"
         return f"{where}: gave up after {tries} ({self.reason}): check the network, or run again later"
 
 
@@ -99,30 +101,42 @@ def classify(err: BaseException, url: str | None = None) -> Failure | None:
             return Failure(host, REFUSED, 1)
         if isinstance(cause, OSError) and cause.errno in (101, 113):  # ENETUNREACH, EHOSTUNREACH
             return Failure(host, "no route", 1)
-    for cause in chain:
-        reason = _transient_reason(cause)
-        if reason is not None:
-            return Failure(host, reason, None)
+    reason = _transient_reason(chain)
+    return Failure(host, reason, None) if reason else None
+
+
+def _transient_reason(chain: list[BaseException]) -> str | None:
+    """The most telling transient cause in the chain (a reset or a stall before the generic
+    "connection failed" of the wrapper around it)."""
+    checks = (
+        (lambda c: isinstance(c, ConnectionResetError), "the connection was reset"),
+        (
+            lambda c: (
+                isinstance(c, requests.Timeout | urllib3.exceptions.ReadTimeoutError | TimeoutError)
+                or "Timeout" in type(c).__name__
+            ),
+            "stalled or timed out",
+        ),
+        (
+            lambda c: isinstance(
+                c, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError
+            ),
+            "the connection broke off",
+        ),
+        (lambda c: "timed out" in str(c), "stalled or timed out"),
+        (lambda c: isinstance(c, requests.ConnectionError) or _client_error(c), "the connection failed"),
+    )
+    for test, reason in checks:
+        if any(test(cause) for cause in chain):
+            return reason
     return None
 
 
-def _transient_reason(cause: BaseException) -> str | None:
-    if isinstance(cause, requests.Timeout | urllib3.exceptions.ReadTimeoutError | TimeoutError):
-        return "stalled or timed out"
-    if isinstance(cause, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
-        return "the connection broke off"
-    if isinstance(cause, ConnectionResetError):
-        return "the connection was reset"
-    if isinstance(cause, requests.ConnectionError):
-        return "timed out" if "timed out" in str(cause) else "the connection failed"
-    name = type(cause).__name__
+def _client_error(cause: BaseException) -> bool:
+    """A transport error of huggingface_hub's HTTP client (httpx or its fork, by version)."""
     module = type(cause).__module__.split(".")[0]
-    if module.startswith(("httpx", "httpcore")):  # huggingface_hub's client, by version
-        if "Timeout" in name:
-            return "stalled or timed out"
-        if name in ("ConnectError", "ReadError", "WriteError", "RemoteProtocolError", "NetworkError"):
-            return "the connection failed"
-    return None
+    bases = {base.__name__ for base in type(cause).__mro__}
+    return module.startswith(("httpx", "httpcore")) and bool(bases & {"TransportError", "NetworkError"})
 
 
 def _causes(err: BaseException) -> Iterator[BaseException]:
@@ -147,7 +161,10 @@ def _host(chain: list[BaseException]) -> str | None:
             host, port = getattr(holder, "host", None), getattr(holder, "port", None)
             if isinstance(host, str) and host:
                 return f"{host}:{port}" if port else host
-        request = getattr(cause, "_request", None) or getattr(cause, "request", None)
+        try:  # httpx raises instead of answering None when the error has no request
+            request = getattr(cause, "_request", None) or getattr(cause, "request", None)
+        except RuntimeError:
+            request = None
         url = getattr(request, "url", None)
         if url is not None:
             found = host_of(str(url))

@@ -87,15 +87,6 @@ class Report:
             "exit_code": self.exit_code,
         }
 
-
-def error_json(kind: str, problems: list[str], exit_code: int) -> str:
-    """A run that ended before any item (a bad or unreachable config, a busy workspace, a disk
-    that refuses writes), in the shape of a report: `provision ... --json | jq` never reads
-    an empty stdout."""
-    summary = {"items": 0, "exit_code": exit_code}
-    error = {"kind": kind, "problems": [redact(p) for p in problems]}
-    return json.dumps({"items": [], "summary": summary, "error": error}, indent=2)
-
     @property
     def to_download(self) -> int:
         return sum(max(0, (r.size or 0) - r.have) for r in self.results if r.status == PLANNED)
@@ -181,3 +172,12 @@ def human_size(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+def error_json(kind: str, problems: list[str], exit_code: int) -> str:
+    """A run that ended before any item (a bad or unreachable config, a busy workspace, a disk
+    that refuses writes), in the shape of a report: `provision ... --json | jq` never reads
+    an empty stdout."""
+    summary = {"items": 0, "exit_code": exit_code}
+    error = {"kind": kind, "problems": [redact(p) for p in problems]}
+    return json.dumps({"items": [], "summary": summary, "error": error}, indent=2)

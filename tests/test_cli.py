@@ -38,7 +38,7 @@ def test_json_plan_has_the_documented_fields(cli, write_config, models):
     config = write_config(f'[models.vae]\nsdxl = "{VAE_URL}"\n[models.diffusers.x]\nrepo = "o/x"\n')
     result = cli(str(config), "--dry-run", "--offline", "--json")
     assert result.code == 0
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert [(r["category"], r["name"], r["source"], r["dest"], r["size"], r["status"]) for r in rows] == [
         ("vae", "sdxl", "huggingface", f"{models}/VAE/sdxl_vae.safetensors", None, "planned"),
         ("diffusers", "x", "huggingface", f"{models}/Diffusers/x", None, "planned"),
@@ -51,7 +51,7 @@ def test_every_example_plans(cli, example, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_example_token_value")
     result = cli(str(example), "--dry-run", "--offline", "--json")
     assert result.code == 0, result.err
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert rows and all(r["status"] == "planned" for r in rows)
     assert "token-for-the-example" not in result.text and "hf_example_token_value" not in result.text
 
@@ -59,7 +59,7 @@ def test_every_example_plans(cli, example, monkeypatch):
 def test_full_example_covers_every_source_and_form(cli, monkeypatch):
     monkeypatch.setenv("EXAMPLE_MIRROR_TOKEN", "token-for-the-example")
     result = cli(str(REPO / "examples" / "test-provision-full.toml"), "--dry-run", "--offline", "--json")
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert {r["source"] for r in rows} == {"huggingface", "civitai", "url", "gdrive"}
     # A correct config passes the lint; the gated FLUX entry without HF_TOKEN is a warning there.
     assert result.code == 0, result.err
@@ -137,7 +137,7 @@ def test_workspace_comes_from_env_then_flag(cli, write_config, monkeypatch, tmp_
     config = write_config(f'[models.vae]\nv = "{VAE_URL}"\n')
     monkeypatch.setenv("WORKSPACE", str(tmp_path / "from-env"))
     result = cli(str(config), "--dry-run", "--offline", "--json", "--workspace", str(tmp_path / "flag"))
-    assert json.loads(result.out)[0]["dest"].startswith(f"{tmp_path}/flag/sdnext/models/VAE/")
+    assert json.loads(result.out)["items"][0]["dest"].startswith(f"{tmp_path}/flag/sdnext/models/VAE/")
     result = run_module(
         str(config),
         "--dry-run",
@@ -145,7 +145,7 @@ def test_workspace_comes_from_env_then_flag(cli, write_config, monkeypatch, tmp_
         "--json",
         env={"WORKSPACE": str(tmp_path / "from-env")},
     )
-    assert json.loads(result.stdout)[0]["dest"].startswith(f"{tmp_path}/from-env/sdnext/models/VAE/")
+    assert json.loads(result.stdout)["items"][0]["dest"].startswith(f"{tmp_path}/from-env/sdnext/models/VAE/")
 
 
 def test_python_dash_m_and_log_file_with_secrets_redacted(write_config, tmp_path):
@@ -232,11 +232,11 @@ def test_only_picks_items_by_category_and_name_and_says_when_nothing_matches(cli
             '[models.vae]\nv = "https://example.com/v.safetensors"\n'
         )
     )
-    rows = json.loads(cli(config, "--dry-run", "--offline", "--json", "--only", "lora/*").out)
+    rows = json.loads(cli(config, "--dry-run", "--offline", "--json", "--only", "lora/*").out)["items"]
     assert [(r["category"], r["name"]) for r in rows] == [("lora", "a"), ("lora", "b")]
     rows = json.loads(
         cli(config, "--dry-run", "--offline", "--json", "--only", "lora/b", "--only", "vae/*").out
-    )
+    )["items"]
     assert [r["name"] for r in rows] == ["b", "v"]
     none = cli(config, "--dry-run", "--offline", "--only", "unet/*")
     assert none.code == 2

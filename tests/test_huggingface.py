@@ -43,7 +43,7 @@ def test_lfs_file_is_downloaded_verified_and_pinned_to_the_commit(cli, write_con
     dest = models / "VAE" / "diffusion_pytorch_model.safetensors"
     assert sha256(dest.read_bytes()) == sha256(BIG)
     assert tree(models) == ["VAE/diffusion_pytorch_model.safetensors"]  # no .part, no .cache
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert (row["status"], row["dest"], row["size"], row["bytes"]) == ("ok", str(dest), len(BIG), len(BIG))
     gets = [r for r in hub.seen("/org/model/resolve/") if r.method == "GET"]
     assert gets and all(f"/resolve/{repo.commit}/" in r.path for r in gets)
@@ -73,7 +73,7 @@ def test_whole_repository_keeps_its_layout_filtered(cli, write_config, repo, mod
         "sdxl/vae/config.json",
         "sdxl/vae/diffusion_pytorch_model.safetensors",
     ]
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert row["files"] == 3 and row["dest"] == str(models / "Diffusers" / "sdxl")
     assert not list(workspace.rglob(".cache"))
 
@@ -111,7 +111,7 @@ def test_filters_that_match_nothing_are_an_item_error(cli, write_config, repo):
 def test_missing_repo_file_and_revision_say_what_to_check(cli, write_config, repo, models, entry, message):
     result = cli(config(write_config, f"[models.vae.x]\n{entry}\n"), "--json")
     assert result.code == 1
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert row["status"] == "failed" and message in row["reason"]
     assert tree(models) == []
 
@@ -197,7 +197,7 @@ def test_dry_run_resolves_names_and_sizes_without_file_bodies(cli, write_config,
     )
     result = cli(path, "--dry-run", "--json")
     assert result.code == 0, result.err
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert [(r["status"], r["size"]) for r in rows] == [("planned", len(BIG)), ("planned", 2 * len(SMALL))]
     assert rows[0]["dest"] == str(models / "VAE" / "diffusion_pytorch_model.safetensors")
     assert cdn.body_bytes == 0 and not cdn.requests

@@ -327,11 +327,11 @@ def test_status_shows_each_locked_file_as_locked_drifted_or_missing(
     (models / "ESRGAN" / "b.pth").write_bytes(WEIGHTS_V1)  # replaced by hand after the lock
     (models / "Lora" / "c.pth").unlink()
     result = cli("status", str(config), "--workspace", str(workspace), "--json")
-    assert result.code == 0, result.err
-    states = {f["path"]: (f["state"], f["lock"]) for f in json.loads(result.out)}
+    assert result.code == 1, result.err  # a health check: a drifted and a missing file
+    states = {f["path"]: (f["state"], f["lock"]) for f in json.loads(result.out)["files"]}
     assert states == {
         "ESRGAN/a.pth": ("verified", "as locked"),
-        "ESRGAN/b.pth": ("unverified", "drifted"),
+        "ESRGAN/b.pth": ("changed", "drifted"),
         "Lora/c.pth": ("missing", "missing"),
     }
     text = cli("status", str(config), "--workspace", str(workspace)).out

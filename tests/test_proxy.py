@@ -76,7 +76,7 @@ def test_every_request_goes_through_the_proxy_and_the_token_only_to_the_hub(
     monkeypatch.setenv("NO_PROXY", "")
     result = cli(sources, "--json")
     assert result.code == 0, result.err
-    assert [r["status"] for r in json.loads(result.out)] == ["ok", "ok"]
+    assert [r["status"] for r in json.loads(result.out)["items"]] == ["ok", "ok"]
     assert sha256((models / "ESRGAN" / "plain.pth").read_bytes()) == sha256(blob(200_000, seed=81))
     assert cdn.requests and all(proxied(cdn)), "a CDN request bypassed the proxy"
     assert hub.requests and all(proxied(hub)), "a Hub request bypassed the proxy"
