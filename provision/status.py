@@ -15,7 +15,8 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 from . import lockfile, paths
 from .config import ConfigError
@@ -25,7 +26,8 @@ from .hashing import hash_file
 from .lockfile import LockedFile
 from .ondisk import PARTIAL, OnDisk
 from .partfile import PartFile
-from .plan import Item
+from .paths import safe_filename
+from .plan import Item, UrlSpec
 from .records import Record, workspace_records
 from .report import columns, human_size
 
@@ -69,6 +71,10 @@ class _Owners:
                 self.folders.append((item.dest, item.table))
             elif item.filename:
                 self.exact.setdefault(str(item.dest), item.table)
+            elif isinstance(item.spec, UrlSpec):  # named by the server: most often the URL's own name
+                guess = safe_filename(unquote(PurePosixPath(urlsplit(item.spec.url).path).name))
+                if guess:
+                    self.exact.setdefault(str(item.folder / guess), item.table)
 
     def of(self, path: Path) -> str:
         if str(path) in self.exact:
