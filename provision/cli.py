@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse to run unless the lock exists and matches the config (CI, the image)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan/report as JSON on stdout")
+    parser.add_argument(
+        "--wide", action="store_true", help="tables with absolute paths and whole cells (default: 80 columns)"
+    )
     parser.add_argument("--log-file", type=Path, help="log file (default: <workspace>/logs/provision.log)")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("--quiet", "-q", action="store_true", help="console: errors only")
@@ -206,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
     elif args.dry_run:
-        sys.stdout.write(report.table() + "\n")
+        sys.stdout.write(report.table(args.wide) + "\n")
     else:
-        for line in report.final_table().splitlines():
+        for line in report.final_table(args.wide).splitlines():
             log.info(line)
     if not args.dry_run:
         # Each failure said once, here at the end, one line per distinct reason.
@@ -248,7 +251,7 @@ def guarded(
             raise
         return None, _stopped("disk", [describe_disk_error(err, workspace)], EXIT_FAILED, None, json_out)
     except (Interrupted, KeyboardInterrupt) as stop:
-        _leave_interrupted(stop)
+        _leave_interrupted(stop, paths.models_root(workspace))
 
 
 def _stopped(kind: str, problems: list[str], code: int, end: str | None, json_out: bool) -> int:
@@ -274,15 +277,16 @@ def describe_disk_error(err: OSError, workspace: Path) -> str:
     return f"{err.strerror}{where}; --workspace (or $WORKSPACE) must be a folder this user can write"
 
 
-def _leave_interrupted(stop: BaseException) -> NoReturn:
+def _leave_interrupted(stop: BaseException, models_root: Path) -> NoReturn:
     """One line, then exit 130 (SIGINT) or 143 (SIGTERM) without waiting for worker threads
     that may sit in a socket read: every transfer has saved which bytes it has."""
     code = stop.exit_code if isinstance(stop, Interrupted) else 130
     partial = getattr(stop, "partial_files", [])
     if partial:
-        names = ", ".join(p.name for p in partial[:3]) + (
-            f" and {len(partial) - 3} more" if len(partial) > 3 else ""
-        )
+        shown = [
+            str(p.relative_to(models_root)) if p.is_relative_to(models_root) else str(p) for p in partial
+        ]
+        names = ", ".join(shown[:3]) + (f" and {len(partial) - 3} more" if len(partial) > 3 else "")
         kept = f"{len(partial)} partial file{'s' if len(partial) > 1 else ''} kept ({names})"
     else:
         kept = "no partial file"

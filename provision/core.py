@@ -122,7 +122,7 @@ class Provisioner:
         every_item = list(plan.items)
         if self.only:
             plan.items = self._chosen(plan.items, self.only)
-        report = Report(warnings=list(plan.warnings), dry_run=self.dry_run)
+        report = Report(warnings=list(plan.warnings), dry_run=self.dry_run, models_root=self.models_root)
         runnable = self._preflight(plan.items, report)
         if self.dry_run and self.offline:
             _, done_before = workspace_records(self.workspace)

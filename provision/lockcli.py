@@ -16,7 +16,7 @@ from .cli import EXIT_FAILED, EXIT_OK, _positive, guarded, start_logging
 from .configsource import default_source
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, LockFailed, Provisioner
 from .lockfile import Lock
-from .report import columns, human_size
+from .report import WIDTH, columns, human_size
 
 log = logging.getLogger("provision")
 
@@ -90,4 +90,4 @@ def table(lock: Lock) -> str:
         digest = f"sha256:{file.sha256[:12]}" if file.sha256 else f"git blob:{(file.git_blob or '')[:12]}"
         size = human_size(file.size) if file.size is not None else "?"
         rows.append((file.item, file.path, size, digest, file.sha256_from or "source"))
-    return "\n".join(columns(("ITEM", "FILE", "SIZE", "HASH", "FROM"), rows))
+    return "\n".join(columns(("ITEM", "FILE", "SIZE", "HASH", "FROM"), rows, WIDTH, squeeze=(1, 0)))

@@ -218,7 +218,8 @@ def _fetch_all(
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
-    progress = make_progress(settings.progress, expected)
+    labels = {id(d): _shown(d.dest, settings.workspace) for _, d in jobs}
+    progress = make_progress(settings.progress, expected, labels)
 
     # The files of one repository run in parallel: their item's counters change under a lock.
     entry_lock = threading.Lock()
@@ -257,6 +258,8 @@ def _fetch_all(
                 error = f"{download.dest.name}: {err.strerror or err}" + (
                     f" ({err.filename})" if err.filename else ""
                 )
+        if error is None and result.status == SKIPPED:
+            progress.already_done(result.size)  # in place and verified: part of the total, done
         with entry_lock:
             if error is None:
                 entry.bytes += result.bytes
@@ -312,7 +315,11 @@ def _log_end(entry: _Work) -> None:
     elif all(status == SKIPPED for status in entry.statuses):
         log.info(f"skipped {entry.item.table}: already in place and verified")
     else:
-        log.info(f"done {entry.item.table}: {human_size(entry.bytes)} in {seconds:.1f}s")
+        size = sum(d.dest.stat().st_size for d in entry.downloads if d.dest.exists())
+        got = (
+            "" if entry.bytes >= size else f" ({human_size(entry.bytes)} fetched now, the rest was in place)"
+        )
+        log.info(f"done {entry.item.table}: {human_size(size)}{got} in {seconds:.1f}s")
 
 
 def _fetched(entry: _Work) -> ItemResult:

@@ -29,7 +29,7 @@ from .partfile import PartFile
 from .paths import safe_filename
 from .plan import Item, UrlSpec
 from .records import Record, workspace_records
-from .report import columns, human_size
+from .report import WIDTH, columns, human_size
 
 VERIFIED, UNVERIFIED, CHANGED, CORRUPT = "verified", "unverified", "changed", "corrupt"
 MISSING, STRAY = "missing", "stray state"
@@ -180,6 +180,7 @@ def main(argv: list[str]) -> int:
         help="hash every verified file again (finds bit rot; reads every byte)",
     )
     parser.add_argument("--json", action="store_true", help="the files and a summary as JSON on stdout")
+    parser.add_argument("--wide", action="store_true", help="whole cells (default: rows fit 80 columns)")
     args = parser.parse_args(argv)
     workspace = Path(args.workspace or os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE).absolute()
     try:
@@ -212,7 +213,7 @@ def main(argv: list[str]) -> int:
     ]
     extra = [name for name, key in (("ITEM", "owner"), ("LOCK", "lock")) if _shown(files, key)]
     headers = ("FILE", "SIZE", "STATE", *extra)
-    print("\n".join(columns(headers, rows)))
+    print("\n".join(columns(headers, rows, None if args.wide else WIDTH, squeeze=(0, 3))))
     print(summary_line(files, workspace, unhealthy))
     return code
 

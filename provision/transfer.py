@@ -609,6 +609,8 @@ class Transfer:
         if expected_size is not None and total != expected_size:
             self._discard()
             raise FetchError(f"size mismatch: expected {expected_size} bytes, got {total}")
+        if self.announced:  # hashing a resumed file's first part takes a while: say so
+            self.progress.file_verifying(self.download)
         actual = self.hasher.result(total)
         expected = self.download.checksum
         if expected is not None and actual != expected:

@@ -19,17 +19,13 @@ def test_dry_run_offline_prints_the_plan_and_writes_nothing(cli, write_config, w
     result = cli(str(config), "--dry-run", "--offline")
     assert result.code == 0
     header, vae, lora = result.out.splitlines()[:3]
-    assert header.split() == ["STATUS", "ON", "DISK", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION"]
-    assert vae.split() == [
-        "planned",
-        "missing",
-        "vae",
-        "sdxl",
-        "huggingface",
-        "?",
-        f"{models}/VAE/sdxl_vae.safetensors",
-    ]
-    assert lora.split() == ["planned", "missing", "lora", "d", "civitai", "?", f"{models}/Lora"]
+    assert header.split() == ["ITEM", "SOURCE", "SIZE", "ON", "DISK", "DESTINATION"]
+    # Destinations relative to the models folder: SD.Next's folder names, and rows that fit 80
+    # columns; --wide shows them whole.
+    assert vae.split() == ["vae.sdxl", "huggingface", "?", "missing", "VAE/sdxl_vae.safetensors"]
+    assert lora.split() == ["lora.d", "civitai", "?", "missing", "Lora"]
+    wide = cli(str(config), "--dry-run", "--offline", "--wide").out.splitlines()[1]
+    assert wide.split()[-1] == f"{models}/VAE/sdxl_vae.safetensors"
     assert "lora.d: CivitAI id from version_id" in result.out
     assert not workspace.exists()
 
