@@ -108,7 +108,7 @@ class PartFile:
         with open(self.path, "r+b") as file:
             os.fsync(file.fileno())
         os.replace(self.path, self.dest)
-        _fsync_dir(self.dest.parent)
+        fsync_dir(self.dest.parent)
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
 
@@ -125,7 +125,7 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

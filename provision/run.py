@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import paths
+from . import paths, staging
 from .download import Checksum, Download
 from .engine import Engine, FetchError
 from .ondisk import file_state, item_state
@@ -77,6 +77,14 @@ class _Work:
     checks: set[str] = field(default_factory=set)  # how its files were verified
     fetching: int = 0  # files handed to the engine
     fetched: dict[Path, tuple[Checksum | None, str]] = field(default_factory=dict)
+    staged: Path | None = None  # a whole repository fetched into staging (staging.py)
+
+    def final_path(self, path: Path) -> Path:
+        """Where a file goes in the models folder (a staged repository's files are elsewhere first)."""
+        return staging.final_path(self.item, self.staged, path) if self.staged else path
+
+    def final(self, download: Download) -> Path:
+        return self.final_path(download.dest)
 
     @property
     def files(self) -> list[Path]:
@@ -215,10 +223,12 @@ def _fetch_all(
     ]
     for entry, _download in jobs:
         entry.fetching += 1
+        if entry.fetching == 1 and not settings.lock_only:
+            entry.staged = staging.stage(entry.item, entry.downloads, settings.workspace)
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
-    labels = {id(d): _shown(d.dest, settings.workspace) for _, d in jobs}
+    labels = {id(d): _shown(entry.final(d), settings.workspace) for entry, d in jobs}
     progress = make_progress(settings.progress, expected, labels)
 
     # The files of one repository run in parallel: their item's counters change under a lock.
@@ -272,6 +282,10 @@ def _fetch_all(
                 entry.statuses.append(FAILED)
             entry.finished = time.monotonic()
             last = len(entry.statuses) == entry.fetching
+        if last and entry.staged is not None and not entry.error:
+            staged = [d.dest for d in entry.downloads]
+            staging.publish(entry.item, entry.downloads, entry.staged, verified)
+            entry.fetched = {entry.final_path(p): v for p, v in entry.fetched.items() if p in staged}
         if last:
             _log_end(entry)
             if not entry.error and not settings.lock_only:

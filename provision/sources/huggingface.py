@@ -156,13 +156,14 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
             f'revision {spec.revision!r} not found in {spec.repo}: check "revision" (a branch, tag or commit)'
         ) from None
     except RepositoryNotFoundError:
+        # Some mirrors (olah) answer a missing file of an existing repository this way: ask
+        # for the repository itself before blaming "repo".
+        if spec.file is not None and _repository_exists(ctx, spec):
+            raise SourceError(_missing_file(spec)) from None
         hint = "" if _token() else " (if it is private, set HF_TOKEN to a token with access)"
         raise SourceError(f'repository {spec.repo} not found at {hub()}: check "repo"{hint}') from None
     except EntryNotFoundError:
-        raise SourceError(
-            f'file {spec.file!r} not found in {spec.repo} at {spec.revision}: check "file" against'
-            f" {hub()}/{spec.repo}/tree/{spec.revision}"
-        ) from None
+        raise SourceError(_missing_file(spec)) from None
     except HfHubHTTPError as err:
         if _status(err) == 401:
             raise SourceError(
@@ -175,6 +176,22 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
     except GaveUp as err:
         raise SourceError(str(err)) from None
     return result[0]
+
+
+def _missing_file(spec: HuggingFaceSpec) -> str:
+    return (
+        f'file {spec.file!r} not found in {spec.repo} at {spec.revision}: check "file" against'
+        f" {hub()}/{spec.repo}/tree/{spec.revision}"
+    )
+
+
+def _repository_exists(ctx: Context, spec: HuggingFaceSpec) -> bool:
+    api = HfApi(endpoint=hub(), token=_token() or False, user_agent=USER_AGENT)
+    try:
+        api.model_info(spec.repo, revision=spec.revision)
+    except Exception:  # not found, refused, unreachable: the first answer stands
+        return False
+    return True
 
 
 def gated_message(spec: HuggingFaceSpec) -> str:
