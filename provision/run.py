@@ -247,7 +247,7 @@ def _fetch_all(
                 if len(entry.downloads) == 1
                 else f"{_shown(entry.item.dest, settings.workspace)}/ ({len(entry.downloads)} files)"
             )
-            log.info(f"start {entry.item.table} -> {target}")
+            (log.debug if settings.lock_only else log.info)(f"start {entry.item.table} -> {target}")
         error = None
         try:
             result = engine.fetch(download, progress)
@@ -287,7 +287,7 @@ def _fetch_all(
             staging.publish(entry.item, entry.downloads, entry.staged, verified)
             entry.fetched = {entry.final_path(p): v for p, v in entry.fetched.items() if p in staged}
         if last:
-            _log_end(entry)
+            _log_end(entry, quiet=settings.lock_only)
             if not entry.error and not settings.lock_only:
                 done_before.store(entry.item.identity, entry.files)
 
@@ -322,12 +322,13 @@ def _shown(path: Path, workspace: Path) -> str:
         return str(path)
 
 
-def _log_end(entry: _Work) -> None:
+def _log_end(entry: _Work, quiet: bool = False) -> None:
+    """One line when an item ends; `quiet` (a lock): files in place are not worth a line each."""
     seconds = (entry.finished or 0) - (entry.started or 0)
     if entry.error:
         log.info(f"failed {entry.item.table} (why: at the end)")
     elif all(status == SKIPPED for status in entry.statuses):
-        log.info(f"skipped {entry.item.table}: already in place and verified")
+        (log.debug if quiet else log.info)(f"skipped {entry.item.table}: already in place and verified")
     else:
         size = sum(d.dest.stat().st_size for d in entry.downloads if d.dest.exists())
         got = (

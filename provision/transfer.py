@@ -181,8 +181,14 @@ class Transfer:
         if not self.segmented or not self.partfile.path.exists() or self.engine.force:
             self._discard()
             return
+        had = self.partfile.path.stat().st_size
         state = self.partfile.load(self.download.size)
         if not state.done.covered():  # nothing to resume; its validator may be another file's
+            if had and self.partfile.discarded_because:  # never a silent restart
+                log.warning(
+                    f"{self.download.dest.name}: the partial download cannot be resumed"
+                    f" ({self.partfile.discarded_because}); starting over from byte 0"
+                )
             self._discard()
             return
         self.total, self.validator, self.done = state.total, state.validator, state.done

@@ -262,3 +262,21 @@ def test_a_used_up_quota_is_not_called_a_full_disk_without_saying_so():
         "the disk is full for this user (its disk quota is used up): /workspace/.provision/verified.json;"
         " free some space or rent a bigger disk, then run again"
     )
+
+
+def test_the_offline_lint_warns_about_civitai_without_a_key_and_a_file_asked_for_twice(write_config):
+    config = write_config(
+        "[models.lora.style]\nversion_id = 5\n"
+        '[models.vae]\na = "https://example.com/vae.safetensors"\n'
+        '[models.checkpoints]\nb = "https://example.com/vae.safetensors"\n'
+    )
+    result = run_module(str(config), "--dry-run", "--offline")
+    assert result.returncode == 0, result.stderr
+    assert "warning: CIVITAI_TOKEN is not set: CivitAI items that need a login" in result.stderr
+    assert (
+        "models.checkpoints.b asks for the same file as models.vae.a: it is downloaded twice" in result.stderr
+    )
+    with_key = run_module(str(config), "--dry-run", "--offline", env={"CIVITAI_TOKEN": "k"})
+    assert "CIVITAI_TOKEN" not in with_key.stderr
+    usage = run_module("--help").stdout.split("\n\n")[0]
+    assert "provision lock|status|clean" in usage  # the subcommands, not only in the examples

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -402,3 +403,26 @@ def wait_for(condition, process: subprocess.Popen) -> None:
             pytest.fail(f"the process ended first: {process.communicate()}")
         assert time.monotonic() < deadline, "the condition never held"
         time.sleep(0.02)
+
+
+def test_a_partial_file_that_cannot_be_resumed_is_restarted_with_a_warning(
+    cdn, write_config, workspace, models
+):
+    data = blob(4 * 1024 * 1024, seed=51)
+    cdn.add("/stream.pth", data, length=False)  # no size, no ranges: bytes on disk cannot be placed
+    cdn.rate = 1024 * 1024
+    config = write_config(f'[models.esrgan]\nstream = "{cdn.url}/stream.pth"\n')
+    args = (str(config), "--workspace", str(workspace))
+    first = start_module(*args)
+    part = models / "ESRGAN" / "stream.pth.part"
+    wait_for(lambda: part.exists() and part.stat().st_size > 1024 * 1024, first)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert first.returncode == 143 and part.exists()
+    second = run_module(*args)
+    assert second.returncode == 0, second.stderr
+    assert (
+        "stream.pth: the partial download cannot be resumed (the server sent no size, so the bytes"
+        " cannot be placed); starting over from byte 0" in second.stderr
+    ), second.stderr
+    assert sha256((models / "ESRGAN" / "stream.pth").read_bytes()) == sha256(data)
