@@ -15,6 +15,7 @@ import requests
 
 from . import links
 from .config import ConfigError, ConfigUnreachable, parse_toml
+from .drive import open_drive_file
 from .failures import classify
 from .http import TIMEOUT, new_session, read_capped
 from .secrets import redact
@@ -44,8 +45,6 @@ def read_config(source: str, *, offline: bool = False) -> tuple[str, str]:
     with new_session() as session:
         file_id = links.gdrive_file_id(source)
         if file_id is not None:
-            from .sources.gdrive import open_drive_file
-
             try:
                 response = open_drive_file(session, file_id)
             except Exception as err:  # DriveError: Drive's own answer, already explained

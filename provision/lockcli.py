@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from . import paths
-from .cli import EXIT_FAILED, EXIT_OK, _positive, guarded, start_logging
 from .configsource import default_source
+from .console import EXIT_FAILED, EXIT_OK, guarded, positive, start_logging
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, LockFailed, Provisioner
 from .lockfile import Lock
 from .report import WIDTH, columns, human_size
@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workspace", type=Path, help="workspace folder (default: $WORKSPACE, else /workspace)"
     )
-    parser.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS, help="items at once (default 5)")
-    parser.add_argument("--connections", type=_positive, default=DEFAULT_CONNECTIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, help="items at once (default 5)")
+    parser.add_argument("--connections", type=positive, default=DEFAULT_CONNECTIONS, help=argparse.SUPPRESS)
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("--quiet", "-q", action="store_true", help="console: errors only")
     noise.add_argument("--verbose", "-v", action="store_true", help="console: debug detail")

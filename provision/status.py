@@ -23,11 +23,10 @@ from .config import ConfigError
 from .configsource import default_source
 from .core import Provisioner
 from .hashing import hash_file
-from .lockfile import LockedFile
 from .ondisk import PARTIAL, OnDisk
 from .partfile import PartFile
 from .paths import safe_filename
-from .plan import Item, UrlSpec
+from .plan import Item, LockedFile, UrlSpec
 from .records import Record, workspace_records
 from .report import WIDTH, columns, human_size
 

@@ -240,7 +240,7 @@ def test_only_picks_items_by_category_and_name_and_says_when_nothing_matches(cli
 
 
 def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
-    from provision.cli import describe_disk_error
+    from provision.console import describe_disk_error
 
     def refused(path: str) -> OSError:
         return OSError(errno.EROFS, "Read-only file system", path)
@@ -255,7 +255,7 @@ def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
 
 
 def test_a_used_up_quota_is_not_called_a_full_disk_without_saying_so():
-    from provision.cli import describe_disk_error
+    from provision.console import describe_disk_error
 
     quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/workspace/.provision/verified.json")
     assert describe_disk_error(quota, Path("/workspace")) == (

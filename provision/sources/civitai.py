@@ -17,7 +17,7 @@ from ..download import Checksum, Download
 from ..links import DEFAULT_CIVITAI_ENDPOINT, endpoint
 from ..paths import safe_filename
 from ..plan import CivitaiSpec, Item
-from . import Context, SourceError
+from .base import Context, SourceError
 
 log = logging.getLogger("provision")
 KEY_HINT = "set CIVITAI_TOKEN to an API key (civitai.com: Account settings -> API Keys)"

@@ -30,7 +30,7 @@ from ..paths import safe_filename
 from ..plan import HuggingFaceSpec, Item
 from ..retry import GaveUp, Retryable, retrying
 from ..secrets import redact
-from . import Context, SourceError
+from .base import Context, SourceError
 
 log = logging.getLogger("provision")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
