@@ -174,8 +174,9 @@ class Report:
         return text
 
 
-# Tables fit a terminal of this many columns unless --wide asks for whole cells.
-WIDTH = 80
+# Tables fit an 80-column terminal unless --wide asks for whole cells: 79, as a row that fills
+# the last column makes some terminals wrap the next character.
+WIDTH = 79
 MIN_SQUEEZED = 12  # a squeezed cell keeps at least this many characters
 
 
@@ -184,16 +185,21 @@ def columns(
 ) -> list[str]:
     """A plain text table: each column as wide as its widest cell, two spaces between. With a
     `width`, the `squeeze` columns (in that order) give up characters from their middle, "…"
-    marking the cut, until every row fits (the ends of a path say the most: folder, file)."""
+    marking the cut, until every row fits (the ends of a path say the most: folder, file); the
+    widest of them gives first, so no one column is cut to nothing."""
     cells = [tuple(str(x) for x in row) for row in (headers, *rows)]
     widths = [max(len(x) for x in col) for col in zip(*cells, strict=False)]
     if width is not None:
         squeeze = tuple(i for i in squeeze if i < len(widths))
-        for index in squeeze:
-            over = sum(widths) + 2 * (len(widths) - 1) - width
-            if over <= 0:
+        floor = {i: max(MIN_SQUEEZED, len(headers[i])) for i in squeeze}
+        over = sum(widths) + 2 * (len(widths) - 1) - width
+        while over > 0:
+            can = [i for i in squeeze if widths[i] > floor[i]]
+            if not can:
                 break
-            widths[index] = max(MIN_SQUEEZED, len(headers[index]), widths[index] - over)
+            widest = max(can, key=lambda i: widths[i])
+            widths[widest] -= 1
+            over -= 1
         cells = [
             tuple(
                 elide(x, w) if i in squeeze else x for i, (x, w) in enumerate(zip(row, widths, strict=False))

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -208,19 +209,29 @@ def main(argv: list[str]) -> int:
         )
         return code
     rows = [
-        (f.path, human_size(f.size), f.state, *(x for x in (f.owner, f.lock) if x is not None)) for f in files
+        (f.path, human_size(f.size), f.state, *(x for x in (_item(f.owner), f.lock) if x is not None))
+        for f in files
     ]
     extra = [name for name, key in (("ITEM", "owner"), ("LOCK", "lock")) if _shown(files, key)]
     headers = ("FILE", "SIZE", "STATE", *extra)
     print("\n".join(columns(headers, rows, None if args.wide else WIDTH, squeeze=(0, 3))))
-    print(summary_line(files, workspace, unhealthy))
+    summary = summary_line(files, workspace, unhealthy, args.wide)
+    wrapped = textwrap.fill(summary, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+    print(summary if args.wide else wrapped)
     return code
 
 
-def summary_line(files: list[FileStatus], workspace: Path, unhealthy: list[FileStatus]) -> str:
+def _item(owner: str | None) -> str | None:
+    """An owner as the run's tables name items (lora.x): "models." says nothing in a column."""
+    return owner.removeprefix("models.") if owner else owner
+
+
+def summary_line(files: list[FileStatus], workspace: Path, unhealthy: list[FileStatus], wide: bool) -> str:
     unowned = sum(f.owner == "-" for f in files)
     stray = sum(f.state == STRAY for f in files)
-    text = f"{len(files)} files under {paths.models_root(workspace)}"
+    root = str(paths.models_root(workspace))
+    where = root if wide or len(root) < WIDTH // 2 else "the models folder (--wide: where)"
+    text = f"{len(files)} files under {where}"
     if unowned:
         text += f"; {unowned} owned by no item"
     if stray:

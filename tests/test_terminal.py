@@ -201,3 +201,40 @@ def test_progress_at_80x24_tells_the_truth_and_ctrl_c_leaves_a_clean_screen(
     assert_no_holes(second)
     assert all(len(row) < COLUMNS for row in second.text)
     assert sha256((models / "Stable-diffusion" / "big.safetensors").read_bytes()) == sha256(big)
+
+
+def test_every_table_fits_80_columns_and_wide_shows_whole_paths(cdn, write_config, workspace, models):
+    names = [f"a-style-lora-whose-name-alone-takes-most-of-a-row-{n}" for n in range(3)]
+    for name in names:
+        cdn.add(f"/files/{name}-with-an-even-longer-file-name.safetensors", blob(20_000, seed=len(name)))
+    lines = "".join(f'{n} = "{cdn.url}/files/{n}-with-an-even-longer-file-name.safetensors"\n' for n in names)
+    config = write_config(f"[models.lora]\n{lines}")
+    env = terminal_env()
+
+    def screen_of(*args: str) -> list[str]:
+        term = Terminal([sys.executable, "-m", "provision", *args], env)
+        assert term.run() in (0, 1), term.text
+        return [row for row in term.text if row]
+
+    base = ("--workspace", str(workspace))
+    plan = screen_of(str(config), "--dry-run", *base)
+    report = screen_of(str(config), *base)
+    locked = screen_of("lock", str(config), *base)
+    status = screen_of("status", str(config), *base)
+    for rows in (plan, report, locked, status):
+        # A row as wide as the terminal is one that wrapped (or is about to).
+        assert all(len(row) < COLUMNS for row in rows), "\n".join(rows)
+    # Each item is one row of each table, its last column on it: nothing wrapped onto the next.
+    for name in names:
+        row_of = f"row-{name[-1]} "
+        assert any(
+            row.startswith("lora.a-s") and row_of in row and " missing  Lora/" in row
+            and row.endswith(".safetensors") for row in plan
+        ), plan  # fmt: skip
+        assert any(row.startswith("lora.a-s") and row_of in row and row.endswith(" ok") for row in report), (
+            report
+        )
+    assert any(row.startswith("Lora/") and "verified" in row for row in status), status
+    assert not any(str(models) in row for row in plan + status)  # relative to the models folder
+    wide = screen_of("status", str(config), *base, "--wide")
+    assert any(row.startswith(f"Lora/{names[0]}-with-an-") for row in wide), wide  # whole, so it wraps
