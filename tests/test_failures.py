@@ -76,6 +76,8 @@ def test_every_source_and_the_config_url_say_an_unresolvable_host_the_same_way(
         "HF_ENDPOINT": f"http://{host}",
         "CIVITAI_ENDPOINT": f"http://{host}",
         "PROVISION_RETRY_BASE": "0.05",
+        "HF_TOKEN": "hf_a_token_whose_check_cannot_get_through",  # no second message about it
+        "CIVITAI_TOKEN": "a_civitai_key",
     }
     args = ("--workspace", str(workspace), "--json")
     result = run_module(str(config), *args, env=env, inside=no_network)

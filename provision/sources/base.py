@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import requests
 
+from ..failures import host_of
 from ..http import TIMEOUT, UnsafeRedirect, new_session
 from ..retry import GaveUp, RetryPolicy, check_status, retrying
 from ..secrets import redact
@@ -22,6 +23,10 @@ class Context:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: tuple[float, float] = TIMEOUT
     session: requests.Session = field(default_factory=new_session)
+
+    def host_down(self, url: str) -> bool:
+        """This run found the host of `url` unreachable (the breaker says why, to every item)."""
+        return bool(self.retry.breaker and self.retry.breaker.down(host_of(url)))
 
     def get(self, url: str, *, headers: dict[str, str] | None = None, method: str = "GET", **kw):
         """One request with retries on transient failures; the answer may be any status."""

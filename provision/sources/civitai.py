@@ -159,6 +159,8 @@ def check_token(ctx: Context) -> str | None:
     try:
         response = ctx.get(f"{base()}/api/v1/me", headers=headers())
     except SourceError as err:
+        if ctx.host_down(base()):  # the items say so, once, at the end
+            return None
         log.warning(f"warning: cannot check CIVITAI_TOKEN at {base()} ({err}); going on without the check")
         return None
     with response:

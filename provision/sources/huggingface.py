@@ -120,6 +120,8 @@ def check_token(ctx: Context) -> str | None:
     try:
         response = ctx.get(f"{hub()}/api/whoami-v2", headers={"Authorization": f"Bearer {_token()}"})
     except SourceError as err:
+        if ctx.host_down(hub()):  # the items say so, once, at the end
+            return None
         log.warning(f"warning: cannot check HF_TOKEN at {hub()} ({err}); going on without the check")
         return None
     with response:
