@@ -4,8 +4,8 @@ Every file under `<workspace>/sdnext/models`, with whether a run verified it as 
 and mtime of its record; with `--verify`, its bytes hashed again), which config item owns it
 (from the items' records and the lock, when CONFIG is given), partial downloads with how far
 they got and whose they are, and state files left beside no partial file. Exit 1 when a file
-is missing, changed since it was verified, or (with --verify) no longer has its bytes; 0 when
-all is well. Reads only, never writes (`provision clean` removes stray state files).
+is missing, partial, changed since it was verified, or (with --verify) no longer has its bytes;
+0 when all is well. Reads only, never writes (`provision clean` removes stray state files).
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ class FileStatus:
 
     @property
     def healthy(self) -> bool:
-        return self.state not in UNHEALTHY and (self.lock or "-") not in UNHEALTHY_LOCK
+        """In place as verified. A partial file is an item not in place yet, unless no item of
+        the config owns it (then it is a leftover: listed, not a failure)."""
+        unfinished = self.state.startswith(PARTIAL) and self.owner != "-"
+        return not unfinished and self.state not in UNHEALTHY and (self.lock or "-") not in UNHEALTHY_LOCK
 
 
 class _Owners:
@@ -62,6 +65,7 @@ class _Owners:
     def __init__(self, items: list[Item], recorded: dict[str, list[str]]):
         self.exact: dict[str, str] = {}
         self.folders: list[tuple[Path, str]] = []
+        self.named: dict[str, Path] = {}  # item table -> its file, where the name is known or guessed
         for item in items:
             for name in recorded.get(item.identity, []):
                 self.exact[name] = item.table
@@ -75,6 +79,7 @@ class _Owners:
                 guess = safe_filename(unquote(PurePosixPath(urlsplit(item.spec.url).path).name))
                 if guess:
                     self.exact.setdefault(str(item.folder / guess), item.table)
+                    self.named[item.table] = item.folder / guess
 
     def of(self, path: Path) -> str:
         if str(path) in self.exact:
@@ -128,12 +133,29 @@ def survey(
     for file in locked.values():  # locked, but not on disk
         owner = "models." + file.item.replace("/", ".")
         found.append(FileStatus(file.path, file.size or 0, MISSING, owner, "missing"))
-    for item in items:  # recorded by a run, gone since (items without a lock)
-        if item.locked is None:
-            for name in recorded.items.get(item.identity, []):
-                if not Path(name).exists():
-                    found.append(FileStatus(_relative(Path(name), root), 0, MISSING, item.table))
+    for item in items:  # recorded by a run, gone since; or never fetched (items without a lock)
+        if item.locked is not None:
+            continue
+        names = recorded.items.get(item.identity)
+        for name in names or []:
+            if not Path(name).exists():
+                found.append(FileStatus(_relative(Path(name), root), 0, MISSING, item.table))
+        if names is None and not _something_at(item, owners):
+            where = owners.named.get(item.table, item.dest)
+            found.append(FileStatus(_relative(where, root), 0, MISSING, item.table))
     return found
+
+
+def _something_at(item: Item, owners: _Owners) -> bool:
+    """Whether a file of this never-recorded item is on disk (then its row says how it is)."""
+    if item.is_repository:
+        return item.dest.is_dir() and any(p.is_file() for p in item.dest.rglob("*"))
+    if item.filename:
+        return item.dest.exists() or Path(f"{item.dest}.part").exists()
+    return any(
+        owners.of(Path(name)) == item.table and (Path(name).exists() or Path(f"{name}.part").exists())
+        for name in owners.exact
+    )
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -237,5 +259,5 @@ def summary_line(files: list[FileStatus], workspace: Path, unhealthy: list[FileS
     if stray:
         text += f"; {stray} stray state file{'s' if stray > 1 else ''} (`provision clean` removes them)"
     if unhealthy:
-        text += f"; {len(unhealthy)} not as verified (missing, changed or corrupt): run provision again"
+        text += f"; {len(unhealthy)} not in place as verified (missing, partial, changed or corrupt)"
     return text

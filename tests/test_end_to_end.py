@@ -474,11 +474,12 @@ def test_status_shows_the_model_folders_file_by_file(cli, write_config, cdn, wor
     assert cli(config).code == 1  # b is left partial
     (models / "Lora" / "mine.safetensors").write_bytes(b"a LoRA the user copied in")
     result = cli("status", config, "--workspace", str(workspace), "--json")
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err  # b is not in place yet
     files = {f["path"]: (f["state"], f["owner"]) for f in json.loads(result.out)["files"]}
     assert files["ESRGAN/a.pth"] == ("verified", "models.esrgan.a")
     assert files["Lora/mine.safetensors"] == ("unverified", "-")
     assert re.fullmatch(r"partial \d+%", files["Lora/b.pth.part"][0])
+    assert files["Lora/b.pth.part"][1] == "models.lora.b"
     text = cli("status", config, "--workspace", str(workspace)).out
     assert text.splitlines()[0].split() == ["FILE", "SIZE", "STATE", "ITEM"]
-    assert text.rstrip().endswith("owned by no item")
+    assert "; 1 owned by no item; 1 not in place as verified" in " ".join(text.split())

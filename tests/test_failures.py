@@ -145,12 +145,17 @@ def test_status_is_a_health_check_and_clean_removes_stray_state_files(cdn, write
     folder = models / "ESRGAN"
     assert (folder / "partial.pth.part").exists()
 
-    healthy = run_module("status", str(config), *args, "--json")
-    assert healthy.returncode == 0, healthy.stdout
-    files = {f["path"]: f for f in json.loads(healthy.stdout)["files"]}
+    unfinished = run_module("status", str(config), *args, "--json")
+    assert unfinished.returncode == 1, unfinished.stdout  # an item is not in place yet
+    files = {f["path"]: f for f in json.loads(unfinished.stdout)["files"]}
     # A partial file names the item it belongs to (a user must not take it for litter).
     assert files["ESRGAN/partial.pth.part"]["owner"] == "models.esrgan.partial"
     assert files["ESRGAN/partial.pth.part"]["state"].startswith("partial")
+    # Without that item in the config, its partial file is a leftover, not a failure.
+    kept = "".join(f'{n} = "{cdn.url}/{n}.pth"\n' for n in ("good", "rot", "gone"))
+    config.write_text(f"[models.esrgan]\n{kept}")
+    healthy = run_module("status", str(config), *args, "--json")
+    assert healthy.returncode == 0, healthy.stdout
 
     # Bit rot: other bytes, same size, same mtime. Only hashing finds it.
     stat = (folder / "rot.pth").stat()
@@ -178,3 +183,16 @@ def test_status_is_a_health_check_and_clean_removes_stray_state_files(cdn, write
     assert not (folder / "left.pth.part.state").exists()
     assert (folder / "partial.pth.part.state").exists()  # its .part is there: it resumes
     assert sha256((folder / "good.pth").read_bytes()) == sha256(good)
+
+
+def test_status_counts_an_item_never_fetched_as_missing(cdn, write_config, workspace):
+    cdn.add("/a.pth", b"a" * 1000)
+    config = write_config(f'[models.esrgan]\na = "{cdn.url}/a.pth"\nb = "{cdn.url}/b.pth"\n')
+    run_module(str(config), "--workspace", str(workspace))  # b fails: the server has no b.pth
+    result = run_module("status", str(config), "--workspace", str(workspace), "--json")
+    assert result.returncode == 1
+    files = {f["path"]: (f["state"], f["owner"]) for f in json.loads(result.stdout)["files"]}
+    assert files == {
+        "ESRGAN/a.pth": ("verified", "models.esrgan.a"),
+        "ESRGAN/b.pth": ("missing", "models.esrgan.b"),
+    }
