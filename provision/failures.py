@@ -87,7 +87,12 @@ def classify(err: BaseException, url: str | None = None) -> Failure | None:
     if isinstance(err, Retryable):
         return Failure(host, str(err) or "the server failed", None, err.retry_after)
     tls = [c for c in chain if isinstance(c, ssl.SSLError | requests.exceptions.SSLError)]
-    if tls:
+    broken = [
+        c for c in chain if isinstance(c, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError)
+    ]
+    if tls and broken:  # a TLS stream cut off mid-way: the network's doing, worth a retry
+        return Failure(host, "the secure connection broke off", None)
+    if tls:  # a certificate not trusted, a handshake refused, http spoken to an https port
         why = [getattr(c, "verify_message", None) or getattr(c, "reason", None) for c in tls]
         detail = next((w for w in why if isinstance(w, str) and w), "the secure connection failed")
         return Failure(host, f"TLS: {detail.lower().replace('_', ' ')}", 0)
