@@ -16,7 +16,7 @@ from .configsource import default_source
 from .console import EXIT_FAILED, EXIT_OK, guarded, positive, start_logging
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, LockFailed, Provisioner
 from .lockfile import Lock
-from .report import WIDTH, columns, human_size
+from .report import FAILED, WIDTH, columns, human_size
 
 log = logging.getLogger("provision")
 
@@ -71,8 +71,8 @@ def main(argv: list[str]) -> int:
     try:
         lock, failure = guarded(lambda: provisioner.lock(config, upgrade=args.upgrade), provisioner.workspace)
     except LockFailed as failed:
-        for result in failed.report.failed:
-            log.error(f"failed: {result.category}/{result.name}: {result.reason}")
+        for line in failed.report.reasons(FAILED):  # one line per distinct reason
+            log.error(line)
         log.error("no lock written: fix the items above and run `provision lock` again")
         return EXIT_FAILED
     if failure is not None:

@@ -375,3 +375,14 @@ def test_a_first_lock_of_many_items_in_place_says_it_in_a_few_lines(write_config
         f"wrote {config.with_suffix('.lock')}: 20 items, 20 files",
     ], locked.stderr
     assert all(len(row) <= 80 for row in locked.stdout.splitlines())  # the table of locked files
+
+
+def test_a_lock_with_a_dead_host_says_why_once_and_writes_nothing(write_config, workspace):
+    lines = "".join(f'f{n} = "http://127.0.0.1:9/f{n}.pth"\n' for n in range(10))
+    config = write_config(f"[models.esrgan]\n{lines}")
+    locked = run_module("lock", str(config), "--workspace", str(workspace))
+    assert locked.returncode == 1
+    reason = "cannot reach 127.0.0.1:9 (connection refused)"
+    assert locked.stderr.count(reason) == 1, locked.stderr
+    assert "failed esrgan.f0, esrgan.f1, esrgan.f2 and 7 more: " in locked.stderr
+    assert not config.with_suffix(".lock").exists()
