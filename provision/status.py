@@ -230,8 +230,14 @@ def main(argv: list[str]) -> int:
             json.dumps({"files": [asdict(f) for f in files], "summary": summary}, indent=2) + "\n"
         )
         return code
+    root = paths.models_root(workspace)
     rows = [
-        (f.path, human_size(f.size), f.state, *(x for x in (_item(f.owner), f.lock) if x is not None))
+        (
+            str(root / f.path) if args.wide else f.path,  # --wide: absolute paths
+            human_size(f.size),
+            f.state,
+            *(x for x in (_item(f.owner), f.lock) if x is not None),
+        )
         for f in files
     ]
     extra = [name for name, key in (("ITEM", "owner"), ("LOCK", "lock")) if _shown(files, key)]

@@ -240,4 +240,5 @@ def test_every_table_fits_80_columns_and_wide_shows_whole_paths(cdn, write_confi
     assert any(row.startswith("Lora/") and "verified" in row for row in status), status
     assert not any(str(models) in row for row in plan + status)  # relative to the models folder
     wide = screen_of("status", str(config), *base, "--wide")
-    assert any(row.startswith(f"Lora/{names[0]}-with-an-") for row in wide), wide  # whole, so it wraps
+    whole = f"{models}/Lora/{names[0]}-with-an-even-longer-file-name.safetensors"
+    assert whole in "".join(wide), wide  # whole and absolute, so it wraps
