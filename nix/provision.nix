@@ -24,7 +24,6 @@ python3Packages.buildPythonApplication {
   build-system = [ python3Packages.setuptools ];
   dependencies = with python3Packages; [
     requests
-    tqdm
     huggingface-hub
     gdown
   ];

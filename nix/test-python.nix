@@ -2,7 +2,6 @@
 # list, so `nix develop` can run every test `nix flake check` runs (nix/checks.nix).
 ps: [
   ps.requests
-  ps.tqdm
   ps.huggingface-hub
   ps.gdown
   ps.pytest

@@ -5,11 +5,10 @@ report = Provisioner(workspace="/workspace").run("models.toml")
 print(report.summary())
 """
 
-__version__ = "0.1.0"
-
 from .config import ConfigError
 from .core import Provisioner
 from .report import ItemResult, Report
+from .version import __version__
 from .workspacelock import WorkspaceBusy
 
 __all__ = ["ConfigError", "ItemResult", "Provisioner", "Report", "WorkspaceBusy", "__version__"]

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
-from . import __version__, categories, paths
+from . import categories, paths
 from .config import ConfigError
 from .configsource import default_source
+from .console import EXIT_OK, EXIT_USAGE, guarded, positive, start_logging
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, Provisioner
-from .interrupt import Interrupted, stop_on_signals
-from .logsetup import setup_logging
+from .report import FAILED, KEPT, error_json
 from .secrets import redact, register_env_secrets
-from .workspacelock import WorkspaceBusy
+from .version import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("provision")
-T = TypeVar("T")
 
 
 EPILOG = """\
@@ -31,6 +27,9 @@ examples:
   provision lock models.toml                   pin every item in models.lock
   provision models.toml --locked               the locked files, or refuse
   provision status models.toml                 the model folders, file by file
+                                               (exit 1: a file missing, changed)
+  provision status models.toml --verify        also hash every file again
+  provision clean                              remove stray .part.state files
   provision mirror /srv/mirror models.toml     the locked files by hash (fleets)
   provision models.toml --locked --mirror http://mirror:8080/
   PROVISION_URL=https://example.com/m.toml provision --jobs 3
@@ -56,19 +55,21 @@ exit codes: 0 all ok, 1 some item failed (or the workspace is busy with
 command resumes)."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """With --json on the command line, a usage error is a JSON object on stdout too."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            sys.stdout.write(error_json("usage", [message], EXIT_USAGE) + "\n")
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="provision",
+        usage="%(prog)s [CONFIG] [options]\n       %(prog)s lock|status|clean ... (each has --help)",
         description="Download the models listed in a TOML file into the folders SD.Next reads.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -86,10 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"workspace folder (default: $WORKSPACE, else {paths.DEFAULT_WORKSPACE}); models go to"
         " <workspace>/sdnext/models",
     )
-    parser.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS, help="files at once (default 5)")
+    parser.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, help="files at once (default 5)")
     parser.add_argument(
         "--connections",
-        type=_positive,
+        type=positive,
         default=DEFAULT_CONNECTIONS,
         help=f"connections in all, across files (default {DEFAULT_CONNECTIONS})",
     )
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         " an http(s) URL or a folder (default: $PROVISION_MIRROR)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan/report as JSON on stdout")
+    parser.add_argument(
+        "--wide", action="store_true", help="tables with absolute paths and whole cells (default: 80 columns)"
+    )
     parser.add_argument("--log-file", type=Path, help="log file (default: <workspace>/logs/provision.log)")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("--quiet", "-q", action="store_true", help="console: errors only")
@@ -155,11 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         from .mirrorcli import main as fill_mirror  # `provision mirror DIR`: the lock's files by hash
 
         return fill_mirror(argv[1:])
+    if argv[:1] == ["clean"]:
+        from .clean import main as clean  # stray .part.state files
+
+        return clean(argv[1:])
     if argv[:1] == ["lock"]:
         from .lockcli import main as lock  # `provision lock CONFIG`: write models.lock
 
         return lock(argv[1:])
     parser = build_parser()
+    parser.json_errors = "--json" in argv  # type: ignore[attr-defined]
     args = parser.parse_args(argv)
     if args.list_folders:
         sys.stdout.write("".join(f"{folder}\n" for folder in categories.folders()))
@@ -200,84 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     log_file = args.log_file or (None if args.dry_run else paths.log_file(workspace))
     start_logging(log_file, args)
     log.debug(f"provision {__version__}: config={redact(config)} workspace={workspace}")
-    report, failure = guarded(lambda: provisioner.run(config, locked=args.locked), workspace)
+    report, failure = guarded(lambda: provisioner.run(config, locked=args.locked), workspace, args.json)
     if failure is not None:
         return failure
 
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
     elif args.dry_run:
-        sys.stdout.write(report.table() + "\n")
+        sys.stdout.write(report.table(args.wide) + "\n")
     else:
-        for line in report.final_table().splitlines():
+        for line in report.final_table(args.wide).splitlines():
             log.info(line)
         if mirror is not None:
             from .mirror import shown_fetched_from
 
             for line in shown_fetched_from(report.results, mirror):
                 log.info(line)
+    if not args.dry_run:
+        # Each failure said once, here at the end, one line per distinct reason.
+        for line in report.reasons(KEPT):
+            log.warning(line)
+        for line in report.reasons(FAILED):
+            log.error(line)
     log.info(report.summary())
-    for result in report.failed:
-        log.error(f"failed: {result.category}.{result.name}: {result.reason}")
     return report.exit_code
-
-
-def start_logging(log_file: Path | None, args: argparse.Namespace) -> None:
-    """The console (by --quiet/--verbose) and the log file."""
-    warning = setup_logging(log_file, verbosity=-1 if args.quiet else 1 if args.verbose else 0)
-    if warning:
-        log.warning(warning)
-
-
-def guarded(action: Callable[[], T], workspace: Path) -> tuple[T, None] | tuple[None, int]:
-    """Run the action under Ctrl-C/SIGTERM handling: (its result, None), or (None, the exit
-    code) after saying why for a bad config, a busy workspace or a disk that refuses writes."""
-    try:
-        with stop_on_signals():
-            return action(), None
-    except ConfigError as err:
-        for problem in err.problems:
-            log.error(f"error: {problem}")
-        log.error(f"{len(err.problems)} problem(s) in the configuration; nothing was downloaded")
-        return None, EXIT_USAGE
-    except WorkspaceBusy as err:
-        log.error(f"error: {err}")
-        return None, EXIT_FAILED
-    except OSError as err:
-        if err.errno not in _DISK_ERRORS:
-            raise
-        log.error(f"error: {describe_disk_error(err, workspace)}")
-        return None, EXIT_FAILED
-    except (Interrupted, KeyboardInterrupt) as stop:
-        _leave_interrupted(stop)
-
-
-# What a disk can refuse (an item's own download reports these per item).
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def describe_disk_error(err: OSError, workspace: Path) -> str:
-    where = f": {err.filename}" if err.filename else ""
-    if full := paths.disk_full(err):
-        return f"the disk is {full}{where}; free some space or rent a bigger disk, then run again"
-    if err.filename and not Path(os.fsdecode(err.filename)).absolute().is_relative_to(workspace.absolute()):
-        return f"{err.strerror}{where}"  # not the workspace: no advice about --workspace
-    return f"{err.strerror}{where}; --workspace (or $WORKSPACE) must be a folder this user can write"
-
-
-def _leave_interrupted(stop: BaseException) -> NoReturn:
-    """One line, then exit 130 (SIGINT) or 143 (SIGTERM) without waiting for worker threads
-    that may sit in a socket read: every transfer has saved which bytes it has."""
-    code = stop.exit_code if isinstance(stop, Interrupted) else 130
-    partial = getattr(stop, "partial_files", [])
-    if partial:
-        names = ", ".join(p.name for p in partial[:3]) + (
-            f" and {len(partial) - 3} more" if len(partial) > 3 else ""
-        )
-        kept = f"{len(partial)} partial file{'s' if len(partial) > 1 else ''} kept ({names})"
-    else:
-        kept = "no partial file"
-    log.error(f"interrupted: {kept}; run the same command again to resume")
-    for handler in log.handlers:
-        handler.flush()
-    os._exit(code)

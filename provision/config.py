@@ -41,6 +41,10 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
+class ConfigUnreachable(ConfigError):
+    """The config (or its lock) could not be fetched: nothing is known to be wrong with it."""
+
+
 SOURCES = ("huggingface", "civitai", "url", "gdrive")
 COMMON_KEYS = {"source", "filename"}
 KEYS_BY_SOURCE = {

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import requests
 
 from . import links
-from .config import ConfigError, parse_toml
+from .config import ConfigError, ConfigUnreachable, parse_toml
+from .drive import open_drive_file
+from .failures import classify
 from .http import TIMEOUT, new_session, read_capped
 from .secrets import redact
 
@@ -43,12 +45,10 @@ def read_config(source: str, *, offline: bool = False) -> tuple[str, str]:
     with new_session() as session:
         file_id = links.gdrive_file_id(source)
         if file_id is not None:
-            from .sources.gdrive import open_drive_file
-
             try:
                 response = open_drive_file(session, file_id)
-            except Exception as err:
-                raise ConfigError([f"{shown}: {redact(str(err))}"]) from None
+            except Exception as err:  # DriveError: Drive's own answer, already explained
+                raise ConfigUnreachable([f"the config {shown}: {redact(str(err))}"]) from None
         else:
             response = _get(session, source, shown)
         with response:
@@ -74,7 +74,7 @@ def _get(session: requests.Session, url: str, shown: str) -> requests.Response:
     try:
         response = session.get(url, stream=True, timeout=TIMEOUT)
     except requests.RequestException as err:
-        raise ConfigError([f"{shown}: cannot fetch the config: {redact(_reason(err))}"]) from None
+        raise ConfigUnreachable([f"the config {shown}: {_reason(err, url)}"]) from None
     if response.status_code != 200:
         response.close()
         raise ConfigError(
@@ -95,7 +95,7 @@ def _read_body(response: requests.Response, shown: str) -> bytes:
             [f"{shown}: the answer is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file"]
         ) from None
     except requests.RequestException as err:
-        raise ConfigError([f"{shown}: the download broke off: {redact(_reason(err))}"]) from None
+        raise ConfigUnreachable([f"the config {shown}: {_reason(err, response.url)}"]) from None
 
 
 def _decode(data: bytes, shown: str) -> str:
@@ -118,9 +118,14 @@ def _check_is_toml(text: str, shown: str, content_type: str) -> None:
     parse_toml(text, shown)
 
 
-def _reason(err: Exception) -> str:
-    # requests' messages repeat the URL (with its query): keep them, redact() masks tokens.
-    return f"{type(err).__name__}: {err}"
+def _reason(err: Exception, url: str) -> str:
+    """The one style of failures.Failure (host, reason, what to check), never requests' text."""
+    failure = classify(err, url)
+    if failure is None and type(err).__module__.startswith("provision"):
+        return redact(str(err))  # our own refusals (a redirect to ftp:, a config that trickles) say why
+    if failure is None:
+        return "the request failed: check the URL and run again"
+    return redact(failure.message(1))
 
 
 def default_source() -> str | None:

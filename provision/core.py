@@ -102,6 +102,7 @@ class Provisioner:
         plan = load_plan(text, models_root=self.models_root, origin=origin, env=env)
         if env is not None:
             plan.warnings.extend(env.warnings)
+        plan.warnings.extend(same_source_twice(plan.items))
         for warning in plan.warnings:
             log.warning(f"warning: {warning}")
         return plan
@@ -129,7 +130,7 @@ class Provisioner:
         every_item = list(plan.items)
         if self.only:
             plan.items = self._chosen(plan.items, self.only)
-        report = Report(warnings=list(plan.warnings), dry_run=self.dry_run)
+        report = Report(warnings=list(plan.warnings), dry_run=self.dry_run, models_root=self.models_root)
         runnable = self._preflight(plan.items, report)
         if self.dry_run and self.offline:
             _, done_before = workspace_records(self.workspace)
@@ -200,6 +201,15 @@ class Provisioner:
 
     def _preflight(self, items: list[Item], report: Report) -> list[Item]:
         runnable: list[Item] = []
+        lint = self.dry_run and self.offline
+        if lint and not os.environ.get("CIVITAI_TOKEN") and any(i.source == "civitai" for i in items):
+            # Not a failure: public CivitAI models download without a key, many others do not.
+            warning = (
+                "CIVITAI_TOKEN is not set: CivitAI items that need a login (most checkpoints,"
+                " early access) will fail; create an API key in civitai.com's account settings"
+            )
+            log.warning(f"warning: {warning}")
+            report.warnings.append(warning)
         for item in items:
             problem = preflight(item)
             if problem and self.mirror and item.locked is not None:
@@ -250,12 +260,20 @@ class Provisioner:
             for name, files in outcome.resolved.items()
             if name in unlocked
         }
+        # One line for all files whose source publishes no sha256 (a line each made a first lock
+        # print hundreds); each one is in the log file at debug level.
+        counts = {lockfile.FROM_DISK: 0, lockfile.FROM_DOWNLOAD: 0}
         for files in entries.values():
             for file in files:
-                if file.sha256_from == lockfile.FROM_DISK:
-                    log.info(f"{file.item}: {file.path}: no sha256 published; hashed the file on disk")
-                elif file.sha256_from == lockfile.FROM_DOWNLOAD:
-                    log.info(f"{file.item}: {file.path}: no sha256 published; downloaded it to hash it")
+                if file.sha256_from in counts:
+                    counts[file.sha256_from] += 1
+                    log.debug(f"{file.item}: {file.path}: no sha256 published; hashed ({file.sha256_from})")
+        if any(counts.values()):
+            disk, downloaded = counts[lockfile.FROM_DISK], counts[lockfile.FROM_DOWNLOAD]
+            log.info(
+                f"no sha256 published for {disk + downloaded} file(s): hashed {disk} on disk,"
+                f" downloaded {downloaded} to hash them"
+            )
         return entries
 
     def _upgrade_command(self, config: str | Path) -> str:
@@ -287,6 +305,21 @@ def _check_up_to_date(diff: lockfile.LockDiff | None, where: str, config: str | 
                 f" run `provision lock {redact(str(config))}` and commit the lock"
             ]
         )
+
+
+def same_source_twice(items: list[Item]) -> list[str]:
+    """Items that ask for the same thing under two names: each is downloaded (a copy each),
+    which is rarely meant; a warning, since two folders may want the same file."""
+    seen: dict[str, Item] = {}
+    warnings = []
+    for item in items:
+        first = seen.setdefault(item.asked, item)
+        if first is not item:
+            warnings.append(
+                f"{item.table} asks for the same file as {first.table}: it is downloaded twice;"
+                " remove one of them unless both folders need it"
+            )
+    return warnings
 
 
 def preflight(item: Item) -> str | None:

@@ -79,6 +79,7 @@ class Progress:
     def file_started(self, download: Download, total: int | None, have: int) -> None: ...
     def advance(self, download: Download, n: int) -> None: ...
     def file_waiting(self, download: Download, waiting: bool) -> None: ...
+    def file_verifying(self, download: Download) -> None: ...
     def file_finished(self, download: Download) -> None: ...
 
 
@@ -286,9 +287,11 @@ class Engine:
             message = f"the server answered {status} ({what}) for {redact(download.url)}"
         raise FetchError(message)
 
-    def with_retries(self, what: str, attempt_fn: Callable[[], None], stop=None) -> None:
+    def with_retries(
+        self, what: str, attempt_fn: Callable[[], None], stop=None, url: str | None = None
+    ) -> None:
         try:
-            retrying(self.retry, what, attempt_fn, stop)
+            retrying(self.retry, what, attempt_fn, stop, url=url)
         except GaveUp as err:
             raise FetchError(str(err)) from None
 

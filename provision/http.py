@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import __version__
+from .version import __version__
 
 USER_AGENT = f"sdnext-provision/{__version__} (python-requests)"  # a tool's own, not a browser's
 # (connect, read): a stalled server is noticed after `read` seconds without a byte.

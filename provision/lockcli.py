@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from . import paths
-from .cli import EXIT_FAILED, EXIT_OK, _positive, guarded, start_logging
 from .configsource import default_source
+from .console import EXIT_FAILED, EXIT_OK, guarded, positive, start_logging
 from .core import DEFAULT_CONNECTIONS, DEFAULT_JOBS, LockFailed, Provisioner
 from .lockfile import Lock
-from .report import columns, human_size
+from .report import FAILED, WIDTH, columns, human_size
 
 log = logging.getLogger("provision")
 
@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workspace", type=Path, help="workspace folder (default: $WORKSPACE, else /workspace)"
     )
-    parser.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS, help="items at once (default 5)")
-    parser.add_argument("--connections", type=_positive, default=DEFAULT_CONNECTIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, help="items at once (default 5)")
+    parser.add_argument("--connections", type=positive, default=DEFAULT_CONNECTIONS, help=argparse.SUPPRESS)
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("--quiet", "-q", action="store_true", help="console: errors only")
     noise.add_argument("--verbose", "-v", action="store_true", help="console: debug detail")
@@ -71,8 +71,8 @@ def main(argv: list[str]) -> int:
     try:
         lock, failure = guarded(lambda: provisioner.lock(config, upgrade=args.upgrade), provisioner.workspace)
     except LockFailed as failed:
-        for result in failed.report.failed:
-            log.error(f"failed: {result.category}/{result.name}: {result.reason}")
+        for line in failed.report.reasons(FAILED):  # one line per distinct reason
+            log.error(line)
         log.error("no lock written: fix the items above and run `provision lock` again")
         return EXIT_FAILED
     if failure is not None:
@@ -90,4 +90,4 @@ def table(lock: Lock) -> str:
         digest = f"sha256:{file.sha256[:12]}" if file.sha256 else f"git blob:{(file.git_blob or '')[:12]}"
         size = human_size(file.size) if file.size is not None else "?"
         rows.append((file.item, file.path, size, digest, file.sha256_from or "source"))
-    return "\n".join(columns(("ITEM", "FILE", "SIZE", "HASH", "FROM"), rows))
+    return "\n".join(columns(("ITEM", "FILE", "SIZE", "HASH", "FROM"), rows, WIDTH, squeeze=(1, 0)))

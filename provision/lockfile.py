@@ -14,7 +14,7 @@ a locked item into downloads (sources/locked.py); run.py reports what new items 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -22,7 +22,7 @@ from .config import ConfigError, parse_toml
 from .configsource import is_remote, read_config
 from .download import Checksum, Download
 from .paths import write_atomically
-from .plan import Item, Plan, UrlSpec
+from .plan import Item, LockedFile, Plan, UrlSpec
 
 LOCK_VERSION = 1
 # Where each hash came from (the `sha256_from` key): said in the lock and in the output.
@@ -37,24 +37,6 @@ PIN_KEYS = {
     "url": ("url", "final_url", "etag", "last_modified"),
     "gdrive": ("file_id",),
 }
-
-
-@dataclass(frozen=True)
-class LockedFile:
-    item: str  # "category/name"
-    path: str  # relative to the models folder, "/"-separated
-    size: int | None  # None only for CivitAI files not on disk: it publishes an approximate size
-    source: str
-    sha256: str | None = None
-    git_blob: str | None = None  # the Hub's small (non-LFS) files: it publishes their git blob id
-    sha256_from: str | None = None
-    pin: dict[str, str | int] = field(default_factory=dict, compare=False)
-    dest: Path | None = field(default=None, compare=False)  # set when attached to a plan's item
-
-    @property
-    def checksum(self) -> Checksum:
-        """What the file is checked against: its sha256, else the Hub's git blob id."""
-        return Checksum("sha256", self.sha256) if self.sha256 else Checksum("git-sha1", self.git_blob or "")
 
 
 @dataclass

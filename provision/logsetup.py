@@ -9,16 +9,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tqdm import tqdm
-
+from . import screen
 from .secrets import RedactingFilter
 
 LOGGER_NAME = "provision"
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    """Console lines go through tqdm.write: with progress bars on the terminal it clears them,
-    prints the whole line and draws them again, so no line is torn by a bar."""
+    """Console lines go above the live progress lines (screen.Block) while they are shown: the
+    block is cleared, the whole line printed and the block drawn again, so no line is torn."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -29,7 +28,12 @@ class _ConsoleHandler(logging.StreamHandler):
                     textwrap.fill(line, width, subsequent_indent="  ", break_on_hyphens=False)
                     for line in text.splitlines()
                 )
-            tqdm.write(text, file=self.stream)
+            block = screen.active()
+            if block is not None and block.stream is self.stream:
+                block.write_above(text)
+            else:
+                self.stream.write(text + "\n")
+                self.flush()
         except Exception:  # as logging.StreamHandler does: never let logging raise
             self.handleError(record)
 

@@ -44,6 +44,7 @@ class PartFile:
         self.path = part_path(dest)
         self.state_path = self.path.with_name(self.path.name + ".state")
         self._last_save = 0.0
+        self.discarded_because: str | None = None  # why load() threw a partial file away
         self._save_lock = threading.Lock()
 
     def _saved(self) -> tuple[str | None, PartState]:
@@ -58,11 +59,14 @@ class PartFile:
             if identity != self.identity:
                 raise ValueError("another file")
             if expected_size is not None and state.total != expected_size:
-                raise ValueError("size changed")
-            if state.total is None or self.path.stat().st_size != state.total:
-                raise ValueError("part has the wrong length")
+                raise ValueError("the source's size changed")
+            if state.total is None:
+                raise ValueError("the server sent no size, so the bytes cannot be placed")
+            if self.path.stat().st_size != state.total:
+                raise ValueError("the partial file has the wrong length")
             return state
-        except _UNREADABLE:
+        except _UNREADABLE as err:
+            self.discarded_because = str(err) if type(err) is ValueError else "its state is unreadable"
             self.discard()
             return PartState()
 
@@ -108,7 +112,7 @@ class PartFile:
         with open(self.path, "r+b") as file:
             os.fsync(file.fileno())
         os.replace(self.path, self.dest)
-        _fsync_dir(self.dest.parent)
+        fsync_dir(self.dest.parent)
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
 
@@ -125,7 +129,7 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .download import Checksum
 from .secrets import without_secrets
-
-if TYPE_CHECKING:
-    from .lockfile import LockedFile
 
 
 @dataclass(frozen=True)
@@ -54,6 +51,27 @@ SOURCE_NAMES: dict[type, str] = {
     UrlSpec: "url",
     GDriveSpec: "gdrive",
 }
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    """One file as a lock pins it (lockfile.py reads and writes them): a value the plan's items
+    carry, so the plan needs nothing of the lock stage."""
+
+    item: str  # "category/name"
+    path: str  # relative to the models folder, "/"-separated
+    size: int | None  # None only for CivitAI files not on disk: it publishes an approximate size
+    source: str
+    sha256: str | None = None
+    git_blob: str | None = None  # the Hub's small (non-LFS) files: it publishes their git blob id
+    sha256_from: str | None = None
+    pin: dict[str, str | int] = field(default_factory=dict, compare=False)
+    dest: Path | None = field(default=None, compare=False)  # set when attached to a plan's item
+
+    @property
+    def checksum(self) -> Checksum:
+        """What the file is checked against: its sha256, else the Hub's git blob id."""
+        return Checksum("sha256", self.sha256) if self.sha256 else Checksum("git-sha1", self.git_blob or "")
 
 
 @dataclass

@@ -60,6 +60,16 @@ class VerifiedRecords:
         with self.lock:
             return self.records.get(str(dest))
 
+    def moved(self, old: Path, new: Path) -> None:
+        """A verified file was renamed (a staged repository put in place): its record follows."""
+        with self.lock:
+            record = self.records.pop(str(old), None)
+            if record is None:
+                return
+            self.records[str(new)] = record
+            if self.path is not None:
+                _write_json(self.path, {k: asdict(v) for k, v in self.records.items()})
+
     def store(self, dest: Path, identity: str, checksum: Checksum) -> None:
         stat = dest.stat()
         record = Record(stat.st_size, stat.st_mtime_ns, checksum.algorithm, checksum.value, identity)

@@ -7,48 +7,32 @@ import email.utils
 import logging
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import requests
-import urllib3.exceptions
 
+from .failures import HostBreaker, Retryable, classify, host_of
 from .secrets import redact
 
 log = logging.getLogger("provision")
-
-
-class Retryable(Exception):
-    """A failure worth another try (a 5xx or 429 answer); may carry the server's Retry-After."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+__all__ = ["GaveUp", "RetryPolicy", "Retryable", "check_status", "retrying"]
 
 
 class GaveUp(Exception):
     """Every try failed; the message names the last failure."""
 
 
-TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.ReadTimeoutError,
-    Retryable,
-)
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 8  # per request, counting the first
+    attempts: int = 8  # per request, counting the first (a host that cannot be reached: 2 at most)
     base: float = 1.0  # seconds before the first retry, doubled each time
     cap: float = 60.0
     max_retry_after: float = 300.0
+    # The run's record of dead hosts (failures.HostBreaker), shared by every request of one run.
+    breaker: HostBreaker | None = field(default=None, compare=False)
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
@@ -56,6 +40,10 @@ class RetryPolicy:
         base = float(os.environ.get("PROVISION_RETRY_BASE", cls.base))
         attempts = int(os.environ.get("PROVISION_RETRY_ATTEMPTS", cls.attempts))
         return cls(attempts=max(1, attempts), base=max(0.0, base), cap=max(base, cls.cap))
+
+    def for_one_run(self) -> RetryPolicy:
+        """The same policy with a breaker of its own: what one run learns about dead hosts."""
+        return replace(self, breaker=HostBreaker())
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -65,20 +53,37 @@ class RetryPolicy:
 
 
 def retrying(
-    policy: RetryPolicy, what: str, attempt_fn: Callable[[], None], stop: threading.Event | None = None
+    policy: RetryPolicy,
+    what: str,
+    attempt_fn: Callable[[], None],
+    stop: threading.Event | None = None,
+    url: str | None = None,
 ) -> None:
-    """Call attempt_fn until it returns; transient errors are retried, others pass through."""
+    """Call attempt_fn until it returns. Network failures are retried as failures.classify says
+    (a dead host once at most, and then never again in this run: the breaker); anything else
+    passes through. GaveUp says why, in the one style of failures.Failure.message."""
+    breaker = policy.breaker
     for attempt in range(1, policy.attempts + 1):
+        known = breaker.down(host_of(url)) if breaker else None
+        if known:
+            raise GaveUp(known)
         try:
             attempt_fn()
             return
-        except TRANSIENT as err:
-            if attempt == policy.attempts:
-                raise GaveUp(f"gave up after {attempt} attempts: {redact(describe(err))}") from None
+        except Exception as err:
+            failure = classify(err, url)
+            if failure is None:
+                raise
+            limit = policy.attempts if failure.retries is None else min(policy.attempts, failure.retries + 1)
+            if attempt >= limit:
+                message = redact(failure.message(attempt))
+                if breaker and failure.host_down:
+                    breaker.trip(failure.host, message)  # type: ignore[arg-type]
+                raise GaveUp(message) from None
             if stop is not None and stop.is_set():
                 return
-            delay = policy.delay(attempt, getattr(err, "retry_after", None))
-            log.info(f"{what}: {redact(describe(err))}; retry {attempt} in {delay:.1f}s")
+            delay = policy.delay(attempt, failure.retry_after)
+            log.info(f"{what}: {redact(failure.reason)}; retry {attempt} in {delay:.1f}s")
             if stop is not None:
                 if stop.wait(delay):
                     return
@@ -104,24 +109,3 @@ def retry_after(response: requests.Response) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - time.time())
     return None
-
-
-_UNREACHABLE = re.compile(r"host='([^']+)', port=(\d+)")
-
-
-def describe(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    host = _UNREACHABLE.search(text)
-    if isinstance(err, requests.ConnectionError) and host and "NewConnectionError" in text:
-        why = (
-            "no such host"
-            if "resolve" in text.lower()
-            else "connection refused"
-            if "refused" in text
-            else "no route"
-        )
-        return f"cannot reach {host[1]}:{host[2]} ({why}): check the network and the URL"
-    # requests reports a read timeout inside a body as a ConnectionError: look at the text too.
-    if isinstance(err, requests.Timeout | urllib3.exceptions.ReadTimeoutError) or "timed out" in text:
-        return f"stalled or timed out ({text})"
-    return text

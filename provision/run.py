@@ -11,17 +11,17 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import mirror, paths
+from . import mirror, paths, staging
 from .download import Checksum, Download
 from .engine import Engine, FetchError
 from .ondisk import file_state, item_state
 from .plan import Item
 from .progress import make_progress
 from .records import ItemRecords, VerifiedRecords, workspace_records
-from .report import FAILED, OK, PLANNED, SKIPPED, ItemResult, human_size
+from .report import FAILED, KEPT, OK, PLANNED, SKIPPED, ItemResult, human_size
 from .retry import RetryPolicy
 from .secrets import redact
 from .sources import Context, SourceError, check_tokens, resolve
@@ -72,10 +72,21 @@ class _Work:
     bytes: int = 0
     statuses: list[str] = field(default_factory=list)
     in_place: list[Path] | None = None  # recorded as done by an earlier run: no request needed
+    # --update could not ask the source (this says why), but the recorded files are verified in
+    # place: they stay, and the item counts as kept, not failed.
+    kept: str | None = None
     checks: set[str] = field(default_factory=set)  # how its files were verified
     fetching: int = 0  # files handed to the engine
     fetched: dict[Path, tuple[Checksum | None, str]] = field(default_factory=dict)
     fetched_from: dict[Path, str] = field(default_factory=dict)  # per file: mirror, source or disk
+    staged: Path | None = None  # a whole repository fetched into staging (staging.py)
+
+    def final_path(self, path: Path) -> Path:
+        """Where a file goes in the models folder (a staged repository's files are elsewhere first)."""
+        return staging.final_path(self.item, self.staged, path) if self.staged else path
+
+    def final(self, download: Download) -> Path:
+        return self.final_path(download.dest)
 
     @property
     def files(self) -> list[Path]:
@@ -89,6 +100,8 @@ class _Work:
 
 
 def execute(items: list[Item], settings: RunSettings) -> Outcome:
+    # One breaker for the whole run: a host found dead while resolving fails its downloads at once.
+    settings = replace(settings, retry=settings.retry.for_one_run())
     ctx = Context(retry=settings.retry, timeout=settings.timeout)
     try:
         return _execute(items, settings, ctx)
@@ -121,10 +134,9 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> Outcome:
             entry.error = f"unexpected error while resolving: {redact(f'{type(err).__name__}: {err}')}"
 
     _run_all(settings.jobs, resolve_one, work)
+    if settings.update and not (settings.dry_run or settings.lock_only or settings.force):
+        _keep_what_is_in_place(work, done_before)
     _refuse_shared_destinations(work)
-    for entry in work:
-        if entry.error:
-            log.error(f"{entry.item.table}: {entry.error}")
 
     if settings.dry_run:
         return Outcome([_planned(entry, verified) for entry in work], {})
@@ -135,6 +147,18 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> Outcome:
         if not entry.error and entry.in_place is None
     }
     return Outcome(results, resolved)
+
+
+def _keep_what_is_in_place(work: list[_Work], done_before: ItemRecords) -> None:
+    """--update with a source that cannot answer: an item whose files an earlier run verified
+    stays as it is (the check for a newer version is what failed, not the item)."""
+    for entry in work:
+        if entry.error is None:
+            continue
+        recorded = done_before.in_place(entry.item.identity)
+        if recorded is not None:
+            entry.kept = f"in place as verified; could not check for a newer version: {entry.error}"
+            entry.error, entry.in_place = None, recorded
 
 
 def _refuse_shared_destinations(work: list[_Work]) -> None:
@@ -177,7 +201,10 @@ def _fetch_all(
     work: list[_Work], settings: RunSettings, verified: VerifiedRecords, done_before: ItemRecords
 ) -> list[ItemResult]:
     for entry in work:
-        if entry.in_place is not None:
+        if entry.kept is not None:
+            entry.statuses = [KEPT] * len(entry.in_place or [])
+            log.info(f"kept {entry.item.table}: in place as verified (why: at the end)")
+        elif entry.in_place is not None:
             entry.statuses = [SKIPPED] * len(entry.in_place)
             log.info(f"skipped {entry.item.table}: in place as recorded (--update asks the source again)")
     engine = Engine(
@@ -199,10 +226,13 @@ def _fetch_all(
     ]
     for entry, _download in jobs:
         entry.fetching += 1
+        if entry.fetching == 1 and not settings.lock_only:
+            entry.staged = staging.stage(entry.item, entry.downloads, settings.workspace)
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
-    progress = make_progress(settings.progress, expected)
+    labels = {id(d): _shown(entry.final(d), settings.workspace) for entry, d in jobs}
+    progress = make_progress(settings.progress, expected, labels)
 
     # The files of one repository run in parallel: their item's counters change under a lock.
     entry_lock = threading.Lock()
@@ -220,7 +250,7 @@ def _fetch_all(
                 if len(entry.downloads) == 1
                 else f"{_shown(entry.item.dest, settings.workspace)}/ ({len(entry.downloads)} files)"
             )
-            log.info(f"start {entry.item.table} -> {target}")
+            (log.debug if settings.lock_only else log.info)(f"start {entry.item.table} -> {target}")
         error = None
         try:
             if mirrored is not None:
@@ -244,6 +274,8 @@ def _fetch_all(
                 error = f"{download.dest.name}: {err.strerror or err}" + (
                     f" ({err.filename})" if err.filename else ""
                 )
+        if error is None and result.status == SKIPPED:
+            progress.already_done(result.size)  # in place and verified: part of the total, done
         with entry_lock:
             if error is None:
                 entry.bytes += result.bytes
@@ -258,8 +290,13 @@ def _fetch_all(
                 entry.statuses.append(FAILED)
             entry.finished = time.monotonic()
             last = len(entry.statuses) == entry.fetching
+        if last and entry.staged is not None and not entry.error:
+            staged = [d.dest for d in entry.downloads]
+            staging.publish(entry.item, entry.downloads, entry.staged, verified)
+            entry.fetched = {entry.final_path(p): v for p, v in entry.fetched.items() if p in staged}
+            entry.fetched_from = {entry.final_path(p): v for p, v in entry.fetched_from.items()}
         if last:
-            _log_end(entry)
+            _log_end(entry, quiet=settings.lock_only)
             if not entry.error and not settings.lock_only:
                 done_before.store(entry.item.identity, entry.files)
 
@@ -297,20 +334,27 @@ def _shown(path: Path, workspace: Path) -> str:
         return str(path)
 
 
-def _log_end(entry: _Work) -> None:
+def _log_end(entry: _Work, quiet: bool = False) -> None:
+    """One line when an item ends; `quiet` (a lock): files in place are not worth a line each."""
     seconds = (entry.finished or 0) - (entry.started or 0)
     if entry.error:
-        log.error(f"failed {entry.item.table}: {entry.error}")
+        log.info(f"failed {entry.item.table} (why: at the end)")
     elif all(status == SKIPPED for status in entry.statuses):
-        log.info(f"skipped {entry.item.table}: already in place and verified")
+        (log.debug if quiet else log.info)(f"skipped {entry.item.table}: already in place and verified")
     else:
-        log.info(f"done {entry.item.table}: {human_size(entry.bytes)} in {seconds:.1f}s")
+        size = sum(d.dest.stat().st_size for d in entry.downloads if d.dest.exists())
+        got = (
+            "" if entry.bytes >= size else f" ({human_size(entry.bytes)} fetched now, the rest was in place)"
+        )
+        log.info(f"done {entry.item.table}: {human_size(size)}{got} in {seconds:.1f}s")
 
 
 def _fetched(entry: _Work, settings: RunSettings) -> ItemResult:
     item = entry.item
     if entry.error:
         status = FAILED
+    elif entry.kept is not None:
+        status = KEPT
     elif entry.statuses and all(s == SKIPPED for s in entry.statuses):
         status = SKIPPED
     else:
@@ -324,7 +368,7 @@ def _fetched(entry: _Work, settings: RunSettings) -> ItemResult:
         size=None if not sizes or None in sizes else sum(sizes),  # type: ignore[arg-type]
         bytes=entry.bytes,
         seconds=round((entry.finished or 0) - (entry.started or 0), 3) if entry.started else 0.0,
-        reason=entry.error,
+        reason=entry.error or entry.kept,
         files=len(entry.files) if item.is_repository else None,
         verified="records" if entry.in_place is not None else "+".join(sorted(entry.checks)) or None,
         fetched_from=_fetched_from(entry, settings) if settings.mirror else None,

@@ -181,8 +181,14 @@ class Transfer:
         if not self.segmented or not self.partfile.path.exists() or self.engine.force:
             self._discard()
             return
+        had = self.partfile.path.stat().st_size
         state = self.partfile.load(self.download.size)
         if not state.done.covered():  # nothing to resume; its validator may be another file's
+            if had and self.partfile.discarded_because:  # never a silent restart
+                log.warning(
+                    f"{self.download.dest.name}: the partial download cannot be resumed"
+                    f" ({self.partfile.discarded_because}); starting over from byte 0"
+                )
             self._discard()
             return
         self.total, self.validator, self.done = state.total, state.validator, state.done
@@ -209,7 +215,7 @@ class Transfer:
             log.info(f"{self.download.dest.name}: resuming, {_mib(resumed)} already on disk")
         self.hasher.start()
         try:
-            self.engine.with_retries(self.download.dest.name, self._first_request)
+            self.engine.with_retries(self.download.dest.name, self._first_request, url=self.download.url)
             if self.total is not None and self.segmented:
                 self._fetch_pieces()
             self._finish()
@@ -564,7 +570,10 @@ class Transfer:
                 raise
 
         self.engine.with_retries(
-            f"{self.download.dest.name} bytes {piece.start}-{piece.end - 1}", attempt, self.stop
+            f"{self.download.dest.name} bytes {piece.start}-{piece.end - 1}",
+            attempt,
+            self.stop,
+            self.download.url,
         )
         return state["holding"]
 
@@ -606,6 +615,8 @@ class Transfer:
         if expected_size is not None and total != expected_size:
             self._discard()
             raise FetchError(f"size mismatch: expected {expected_size} bytes, got {total}")
+        if self.announced:  # hashing a resumed file's first part takes a while: say so
+            self.progress.file_verifying(self.download)
         actual = self.hasher.result(total)
         expected = self.download.checksum
         if expected is not None and actual != expected:

@@ -21,17 +21,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]} with apt-get" >&2
     apt-get update -qq
-    # No package may start its system service (openssh-server would listen on port 22): the
-    # tests start their own, on loopback. invoke-rc.d asks policy-rc.d; 101 means "not now".
-    policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      policy=/usr/sbin/policy-rc.d
-      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    # Debian starts a package's service on install (tinyproxy's): the tests run their own on
+    # loopback. policy-rc.d answering 101 ("action forbidden", invoke-rc.d's documented hook)
+    # keeps any service from starting, so nothing has to be stopped afterwards, and no other
+    # tinyproxy on this machine is touched. An existing policy-rc.d is left as it is.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+      trap 'rm -f "$policy"' EXIT
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    if [ -n "$policy" ]; then rm -f "$policy"; fi
-    # Debian starts tinyproxy as a service on install: the tests run their own on loopback.
-    pkill -x tinyproxy 2>/dev/null || true
+    if [ "$(trap -p EXIT)" ]; then rm -f "$policy" && trap - EXIT; fi
   else
     echo "note: not root; install these yourself if a test says it needs them: ${missing[*]}" >&2
   fi

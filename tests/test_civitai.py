@@ -30,7 +30,7 @@ def test_version_is_downloaded_with_its_name_and_verified(cli, write_config, lor
     assert result.code == 0, result.err
     dest = models / "Lora" / "add_detail_xl.safetensors"
     assert sha256(dest.read_bytes()) == sha256(LORA)
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert (row["status"], row["dest"], row["size"]) == ("ok", str(dest), len(LORA))
     downloads = lora.seen("/api/download/models/135867")
     assert downloads and all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in downloads)
@@ -93,7 +93,7 @@ def test_without_a_token_the_401_says_to_set_civitai_token(cli, write_config, ci
     civitai.add_version(5, 4, [VersionFile("x.safetensors", LORA)])
     result = run(cli, write_config, "[models.lora.x]\nversion_id = 5\n")
     assert result.code == 1
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert "CivitAI requires a login to download version 5 (401): set CIVITAI_TOKEN" in row["reason"]
     assert tree(models) == []
 
@@ -108,7 +108,7 @@ def test_without_a_token_the_401_says_to_set_civitai_token(cli, write_config, ci
 def test_download_refusals_are_explained(cli, write_config, lora, error, message, models):
     lora.add_version(77, 76, [VersionFile("y.safetensors", LORA)], error=error)
     result = run(cli, write_config, "[models.lora.y]\nversion_id = 77\n")
-    assert result.code == 1 and message in json.loads(result.out)[0]["reason"]
+    assert result.code == 1 and message in json.loads(result.out)["items"][0]["reason"]
     assert tree(models) == []
 
 
@@ -139,7 +139,7 @@ def test_a_refused_token_is_reported_once_for_every_civitai_item(cli, write_conf
         '[models.lora]\na = "https://civitai.com/api/download/models/5"\n[models.vae.b]\nversion_id = 5\n',
     )
     assert result.code == 1
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert all("CivitAI refused CIVITAI_TOKEN (401)" in r["reason"] for r in rows)
     assert len(civitai.seen("/api/v1/me")) == 1 and not civitai.seen("/api/download/")
     assert "revoked_key_999" not in result.text
@@ -148,7 +148,7 @@ def test_a_refused_token_is_reported_once_for_every_civitai_item(cli, write_conf
 def test_dry_run_reports_name_and_approximate_size_without_downloading(cli, write_config, lora, cdn, models):
     result = run(cli, write_config, "[models.lora.detail]\nversion_id = 135867\n", "--dry-run")
     assert result.code == 0, result.err
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert row["dest"] == str(models / "Lora" / "add_detail_xl.safetensors")
     assert row["size"] == len(LORA) and row["detail"] == "CivitAI id from version_id"
     assert not lora.seen("/api/download/") and cdn.body_bytes == 0

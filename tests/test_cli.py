@@ -19,17 +19,13 @@ def test_dry_run_offline_prints_the_plan_and_writes_nothing(cli, write_config, w
     result = cli(str(config), "--dry-run", "--offline")
     assert result.code == 0
     header, vae, lora = result.out.splitlines()[:3]
-    assert header.split() == ["STATUS", "ON", "DISK", "CATEGORY", "NAME", "SOURCE", "SIZE", "DESTINATION"]
-    assert vae.split() == [
-        "planned",
-        "missing",
-        "vae",
-        "sdxl",
-        "huggingface",
-        "?",
-        f"{models}/VAE/sdxl_vae.safetensors",
-    ]
-    assert lora.split() == ["planned", "missing", "lora", "d", "civitai", "?", f"{models}/Lora"]
+    assert header.split() == ["ITEM", "SOURCE", "SIZE", "ON", "DISK", "DESTINATION"]
+    # Destinations relative to the models folder: SD.Next's folder names, and rows that fit 80
+    # columns; --wide shows them whole.
+    assert vae.split() == ["vae.sdxl", "huggingface", "?", "missing", "VAE/sdxl_vae.safetensors"]
+    assert lora.split() == ["lora.d", "civitai", "?", "missing", "Lora"]
+    wide = cli(str(config), "--dry-run", "--offline", "--wide").out.splitlines()[1]
+    assert wide.split()[-1] == f"{models}/VAE/sdxl_vae.safetensors"
     assert "lora.d: CivitAI id from version_id" in result.out
     assert not workspace.exists()
 
@@ -38,7 +34,7 @@ def test_json_plan_has_the_documented_fields(cli, write_config, models):
     config = write_config(f'[models.vae]\nsdxl = "{VAE_URL}"\n[models.diffusers.x]\nrepo = "o/x"\n')
     result = cli(str(config), "--dry-run", "--offline", "--json")
     assert result.code == 0
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert [(r["category"], r["name"], r["source"], r["dest"], r["size"], r["status"]) for r in rows] == [
         ("vae", "sdxl", "huggingface", f"{models}/VAE/sdxl_vae.safetensors", None, "planned"),
         ("diffusers", "x", "huggingface", f"{models}/Diffusers/x", None, "planned"),
@@ -51,7 +47,7 @@ def test_every_example_plans(cli, example, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_example_token_value")
     result = cli(str(example), "--dry-run", "--offline", "--json")
     assert result.code == 0, result.err
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert rows and all(r["status"] == "planned" for r in rows)
     assert "token-for-the-example" not in result.text and "hf_example_token_value" not in result.text
 
@@ -59,7 +55,7 @@ def test_every_example_plans(cli, example, monkeypatch):
 def test_full_example_covers_every_source_and_form(cli, monkeypatch):
     monkeypatch.setenv("EXAMPLE_MIRROR_TOKEN", "token-for-the-example")
     result = cli(str(REPO / "examples" / "test-provision-full.toml"), "--dry-run", "--offline", "--json")
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert {r["source"] for r in rows} == {"huggingface", "civitai", "url", "gdrive"}
     # A correct config passes the lint; the gated FLUX entry without HF_TOKEN is a warning there.
     assert result.code == 0, result.err
@@ -137,7 +133,7 @@ def test_workspace_comes_from_env_then_flag(cli, write_config, monkeypatch, tmp_
     config = write_config(f'[models.vae]\nv = "{VAE_URL}"\n')
     monkeypatch.setenv("WORKSPACE", str(tmp_path / "from-env"))
     result = cli(str(config), "--dry-run", "--offline", "--json", "--workspace", str(tmp_path / "flag"))
-    assert json.loads(result.out)[0]["dest"].startswith(f"{tmp_path}/flag/sdnext/models/VAE/")
+    assert json.loads(result.out)["items"][0]["dest"].startswith(f"{tmp_path}/flag/sdnext/models/VAE/")
     result = run_module(
         str(config),
         "--dry-run",
@@ -145,7 +141,7 @@ def test_workspace_comes_from_env_then_flag(cli, write_config, monkeypatch, tmp_
         "--json",
         env={"WORKSPACE": str(tmp_path / "from-env")},
     )
-    assert json.loads(result.stdout)[0]["dest"].startswith(f"{tmp_path}/from-env/sdnext/models/VAE/")
+    assert json.loads(result.stdout)["items"][0]["dest"].startswith(f"{tmp_path}/from-env/sdnext/models/VAE/")
 
 
 def test_python_dash_m_and_log_file_with_secrets_redacted(write_config, tmp_path):
@@ -232,11 +228,11 @@ def test_only_picks_items_by_category_and_name_and_says_when_nothing_matches(cli
             '[models.vae]\nv = "https://example.com/v.safetensors"\n'
         )
     )
-    rows = json.loads(cli(config, "--dry-run", "--offline", "--json", "--only", "lora/*").out)
+    rows = json.loads(cli(config, "--dry-run", "--offline", "--json", "--only", "lora/*").out)["items"]
     assert [(r["category"], r["name"]) for r in rows] == [("lora", "a"), ("lora", "b")]
     rows = json.loads(
         cli(config, "--dry-run", "--offline", "--json", "--only", "lora/b", "--only", "vae/*").out
-    )
+    )["items"]
     assert [r["name"] for r in rows] == ["b", "v"]
     none = cli(config, "--dry-run", "--offline", "--only", "unet/*")
     assert none.code == 2
@@ -244,7 +240,7 @@ def test_only_picks_items_by_category_and_name_and_says_when_nothing_matches(cli
 
 
 def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
-    from provision.cli import describe_disk_error
+    from provision.console import describe_disk_error
 
     def refused(path: str) -> OSError:
         return OSError(errno.EROFS, "Read-only file system", path)
@@ -259,10 +255,28 @@ def test_a_refused_write_names_the_workspace_fix_only_for_the_workspace():
 
 
 def test_a_used_up_quota_is_not_called_a_full_disk_without_saying_so():
-    from provision.cli import describe_disk_error
+    from provision.console import describe_disk_error
 
     quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/workspace/.provision/verified.json")
     assert describe_disk_error(quota, Path("/workspace")) == (
         "the disk is full for this user (its disk quota is used up): /workspace/.provision/verified.json;"
         " free some space or rent a bigger disk, then run again"
     )
+
+
+def test_the_offline_lint_warns_about_civitai_without_a_key_and_a_file_asked_for_twice(write_config):
+    config = write_config(
+        "[models.lora.style]\nversion_id = 5\n"
+        '[models.vae]\na = "https://example.com/vae.safetensors"\n'
+        '[models.checkpoints]\nb = "https://example.com/vae.safetensors"\n'
+    )
+    result = run_module(str(config), "--dry-run", "--offline")
+    assert result.returncode == 0, result.stderr
+    assert "warning: CIVITAI_TOKEN is not set: CivitAI items that need a login" in result.stderr
+    assert (
+        "models.checkpoints.b asks for the same file as models.vae.a: it is downloaded twice" in result.stderr
+    )
+    with_key = run_module(str(config), "--dry-run", "--offline", env={"CIVITAI_TOKEN": "k"})
+    assert "CIVITAI_TOKEN" not in with_key.stderr
+    usage = run_module("--help").stdout.split("\n\n")[0]
+    assert "provision lock|status|clean" in usage  # the subcommands, not only in the examples

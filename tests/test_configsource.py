@@ -59,7 +59,7 @@ def host():
 def test_remote_config_is_planned(cli, host, workspace):
     result = cli(f"{host.url}/models.toml", "--dry-run", "--json")
     assert result.code == 0, result.err
-    assert json.loads(result.out)[0]["dest"].endswith("/VAE/remote_vae.safetensors")
+    assert json.loads(result.out)["items"][0]["dest"].endswith("/VAE/remote_vae.safetensors")
     assert tree(workspace / "sdnext") == []
 
 
@@ -89,7 +89,7 @@ def test_a_config_that_trickles_in_is_given_up_after_the_deadline(cli, host, mon
     monkeypatch.setenv("PROVISION_CONFIG_DEADLINE", "1")
     result = cli(f"{host.url}/trickle", "--dry-run")
     assert result.code == 2
-    assert "the download broke off: TooSlow: not complete after 1 s" in result.err
+    assert "not complete after 1 s" in result.err
 
 
 def test_a_config_without_any_model_is_an_error(cli, tmp_path):
@@ -101,7 +101,12 @@ def test_a_config_without_any_model_is_an_error(cli, tmp_path):
 
 def test_unreachable_config_host_exits_2(cli):
     result = cli("http://127.0.0.1:9/models.toml", "--dry-run")
-    assert result.code == 2 and "cannot fetch the config" in result.err
+    assert result.code == 2, result.err
+    assert (
+        "error: the config http://127.0.0.1:9/models.toml: cannot reach 127.0.0.1:9 (connection refused)"
+        in result.err
+    )
+    assert "problem(s) in the configuration" not in result.err and "Errno" not in result.err
 
 
 def test_non_http_scheme_is_refused(cli):
@@ -124,7 +129,7 @@ def test_config_from_a_google_drive_link(cli, drive, host, mode, link):
     drive.files[file_id] = DriveFile("models.toml", good_config(host), mode)
     result = cli(link.format(id=file_id), "--dry-run", "--json")
     assert result.code == 0, result.err
-    assert json.loads(result.out)[0]["dest"].endswith("/VAE/remote_vae.safetensors")
+    assert json.loads(result.out)["items"][0]["dest"].endswith("/VAE/remote_vae.safetensors")
     assert all(r.query.get("id") == file_id for r in drive.requests)
 
 

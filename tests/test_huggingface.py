@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
-from .conftest import blob, sha256, tree
+from .conftest import blob, run_module, sha256, start_module, tree
 from .fakes.hub import git_blob_sha1
+from .test_url_and_drive import wait_for
 
 BIG = blob(300_000, seed=1)  # an LFS file: 302 to the CDN, sha256 in X-Linked-Etag
 SMALL = b'{"_class_name": "AutoencoderKL"}\n'  # a small file: 307 to resolve-cache, git sha1
@@ -43,7 +45,7 @@ def test_lfs_file_is_downloaded_verified_and_pinned_to_the_commit(cli, write_con
     dest = models / "VAE" / "diffusion_pytorch_model.safetensors"
     assert sha256(dest.read_bytes()) == sha256(BIG)
     assert tree(models) == ["VAE/diffusion_pytorch_model.safetensors"]  # no .part, no .cache
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert (row["status"], row["dest"], row["size"], row["bytes"]) == ("ok", str(dest), len(BIG), len(BIG))
     gets = [r for r in hub.seen("/org/model/resolve/") if r.method == "GET"]
     assert gets and all(f"/resolve/{repo.commit}/" in r.path for r in gets)
@@ -73,7 +75,7 @@ def test_whole_repository_keeps_its_layout_filtered(cli, write_config, repo, mod
         "sdxl/vae/config.json",
         "sdxl/vae/diffusion_pytorch_model.safetensors",
     ]
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert row["files"] == 3 and row["dest"] == str(models / "Diffusers" / "sdxl")
     assert not list(workspace.rglob(".cache"))
 
@@ -111,9 +113,24 @@ def test_filters_that_match_nothing_are_an_item_error(cli, write_config, repo):
 def test_missing_repo_file_and_revision_say_what_to_check(cli, write_config, repo, models, entry, message):
     result = cli(config(write_config, f"[models.vae.x]\n{entry}\n"), "--json")
     assert result.code == 1
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert row["status"] == "failed" and message in row["reason"]
     assert tree(models) == []
+
+
+def test_a_mirror_that_calls_a_missing_file_a_missing_repo_still_gets_check_file(
+    write_config, hub, workspace
+):
+    hub.add_repo("org/model", {"model_index.json": b"{}"})
+    hub.missing_file_as_repo = True  # olah's answer for a file the repository does not have
+    path = config(write_config, '[models.vae.x]\nrepo = "org/model"\nfile = "nope.safetensors"\n')
+    result = run_module(str(path), "--workspace", str(workspace), "--json", env={"HF_ENDPOINT": hub.url})
+    assert result.returncode == 1
+    (row,) = json.loads(result.stdout)["items"]
+    assert row["reason"].startswith(
+        "file 'nope.safetensors' not found in org/model at main: check \"file\""
+    ), row
+    assert 'check "repo"' not in result.stderr
 
 
 def test_gated_repo_with_a_token_that_did_not_accept_the_terms(cli, write_config, hub, monkeypatch, models):
@@ -197,10 +214,37 @@ def test_dry_run_resolves_names_and_sizes_without_file_bodies(cli, write_config,
     )
     result = cli(path, "--dry-run", "--json")
     assert result.code == 0, result.err
-    rows = json.loads(result.out)
+    rows = json.loads(result.out)["items"]
     assert [(r["status"], r["size"]) for r in rows] == [("planned", len(BIG)), ("planned", 2 * len(SMALL))]
     assert rows[0]["dest"] == str(models / "VAE" / "diffusion_pytorch_model.safetensors")
     assert cdn.body_bytes == 0 and not cdn.requests
     assert all(r.method == "HEAD" for r in hub.seen("/org/model/resolve/"))
     assert "free on the models disk" in result.err and "to download 293.0 KiB of 293.0 KiB" in result.err
     assert tree(models) == []
+
+
+def test_a_whole_repository_appears_in_the_models_folder_all_at_once(
+    cdn, hub, write_config, workspace, models
+):
+    weights = blob(3 * 1024 * 1024, seed=41)
+    hub.add_repo(
+        "org/pipe", {"model_index.json": b'{"_class_name": "X"}', "unet/weights.safetensors": weights}
+    )
+    cdn.gate = threading.Event()  # the weights' body waits: the small files are done meanwhile
+    config = write_config('[models.diffusers.pipe]\nrepo = "org/pipe"\n')
+    args = (str(config), "--workspace", str(workspace), "--json")
+    process = start_module(*args, env={"HF_ENDPOINT": hub.url, "PROVISION_RETRY_BASE": "0.01"})
+    staged = workspace / ".provision" / "staging" / "diffusers" / "pipe"
+    wait_for(lambda: (staged / "model_index.json").exists(), process)
+    # model_index.json is verified and on disk, the weights are not: SD.Next sees nothing yet.
+    assert not (models / "Diffusers" / "pipe").exists()
+    cdn.gate.set()
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert tree(models) == ["Diffusers/pipe/model_index.json", "Diffusers/pipe/unet/weights.safetensors"]
+    assert sha256((models / "Diffusers/pipe/unet/weights.safetensors").read_bytes()) == sha256(weights)
+    assert not staged.exists()
+    again = run_module(*args, env={"HF_ENDPOINT": hub.url})
+    assert [r["status"] for r in json.loads(again.stdout)["items"]] == ["skipped"], again.stderr
+    status = run_module("status", str(config), "--workspace", str(workspace))
+    assert status.returncode == 0 and "unverified" not in status.stdout, status.stdout

@@ -11,7 +11,7 @@ import pytest
 from provision.config import tomllib
 from provision.core import Provisioner
 
-from .conftest import blob, sha256, tree
+from .conftest import blob, run_module, sha256, tree
 from .fakes.civitai import VersionFile
 
 OLD_COMMIT = "1" * 40
@@ -86,7 +86,7 @@ def test_changed_bytes_behind_a_locked_url_fail_and_the_old_file_stays(
     config = write_config(f'[models.esrgan]\nup = "{cdn.url}/upscaler.pth"\n')
     locked = cli("lock", str(config))
     assert locked.code == 0, locked.text
-    assert "no sha256 published; downloaded it to hash it" in locked.text
+    assert "no sha256 published for 1 file(s): hashed 0 on disk, downloaded 1 to hash them" in locked.text
     entry = files_of(lock_of(config), "esrgan/up")[0]
     assert (entry["sha256"], entry["sha256_from"]) == (sha256(WEIGHTS_V1), "download")
     dest = models / "ESRGAN" / "upscaler.pth"
@@ -168,7 +168,7 @@ def test_a_file_verified_on_disk_gives_its_hash_without_a_download(cli, write_co
     sent = cdn.body_bytes
     locked = cli("lock", str(config))
     assert locked.code == 0, locked.text
-    assert "hashed the file on disk" in locked.text
+    assert "no sha256 published for 1 file(s): hashed 1 on disk, downloaded 0 to hash them" in locked.text
     assert files_of(lock_of(config), "esrgan/up")[0]["sha256_from"] == "disk"
     assert cdn.body_bytes == sent
 
@@ -327,11 +327,11 @@ def test_status_shows_each_locked_file_as_locked_drifted_or_missing(
     (models / "ESRGAN" / "b.pth").write_bytes(WEIGHTS_V1)  # replaced by hand after the lock
     (models / "Lora" / "c.pth").unlink()
     result = cli("status", str(config), "--workspace", str(workspace), "--json")
-    assert result.code == 0, result.err
-    states = {f["path"]: (f["state"], f["lock"]) for f in json.loads(result.out)}
+    assert result.code == 1, result.err  # a health check: a drifted and a missing file
+    states = {f["path"]: (f["state"], f["lock"]) for f in json.loads(result.out)["files"]}
     assert states == {
         "ESRGAN/a.pth": ("verified", "as locked"),
-        "ESRGAN/b.pth": ("unverified", "drifted"),
+        "ESRGAN/b.pth": ("changed", "drifted"),
         "Lora/c.pth": ("missing", "missing"),
     }
     text = cli("status", str(config), "--workspace", str(workspace)).out
@@ -358,3 +358,31 @@ def test_an_offline_dry_run_checks_that_the_lock_is_up_to_date(cli, write_config
     config.write_text(config.read_text().replace('"a.safetensors"\n', '"a.safetensors"\nrevision = "v2"\n'))
     stale = cli(str(config), "--dry-run", "--offline", "--locked")
     assert stale.code == 2 and "(changed: checkpoints/a)" in stale.text
+
+
+def test_a_first_lock_of_many_items_in_place_says_it_in_a_few_lines(write_config, cdn, workspace):
+    lines = ""
+    for n in range(20):
+        cdn.add(f"/f{n}.pth", blob(1000, seed=n))
+        lines += f'f{n} = "{cdn.url}/f{n}.pth"\n'
+    config = write_config(f"[models.esrgan]\n{lines}")
+    assert run_module(str(config), "--workspace", str(workspace)).returncode == 0
+    locked = run_module("lock", str(config), "--workspace", str(workspace))
+    assert locked.returncode == 0, locked.stderr
+    # Not a start, a skip and a "hashed on disk" line per item: one line for the hashing.
+    assert locked.stderr.splitlines() == [
+        "no sha256 published for 20 file(s): hashed 20 on disk, downloaded 0 to hash them",
+        f"wrote {config.with_suffix('.lock')}: 20 items, 20 files",
+    ], locked.stderr
+    assert all(len(row) <= 80 for row in locked.stdout.splitlines())  # the table of locked files
+
+
+def test_a_lock_with_a_dead_host_says_why_once_and_writes_nothing(write_config, workspace):
+    lines = "".join(f'f{n} = "http://127.0.0.1:9/f{n}.pth"\n' for n in range(10))
+    config = write_config(f"[models.esrgan]\n{lines}")
+    locked = run_module("lock", str(config), "--workspace", str(workspace))
+    assert locked.returncode == 1
+    reason = "cannot reach 127.0.0.1:9 (connection refused)"
+    assert locked.stderr.count(reason) == 1, locked.stderr
+    assert "failed esrgan.f0, esrgan.f1, esrgan.f2 and 7 more: " in locked.stderr
+    assert not config.with_suffix(".lock").exists()

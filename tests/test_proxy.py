@@ -14,7 +14,7 @@ import pytest
 
 from provision.http import new_session
 
-from .conftest import blob, sha256, which
+from .conftest import REPO, blob, sha256, which
 from .runtime_harness import free_port
 
 TOKEN = "hf_proxy_test_token_4242"
@@ -76,7 +76,7 @@ def test_every_request_goes_through_the_proxy_and_the_token_only_to_the_hub(
     monkeypatch.setenv("NO_PROXY", "")
     result = cli(sources, "--json")
     assert result.code == 0, result.err
-    assert [r["status"] for r in json.loads(result.out)] == ["ok", "ok"]
+    assert [r["status"] for r in json.loads(result.out)["items"]] == ["ok", "ok"]
     assert sha256((models / "ESRGAN" / "plain.pth").read_bytes()) == sha256(blob(200_000, seed=81))
     assert cdn.requests and all(proxied(cdn)), "a CDN request bypassed the proxy"
     assert hub.requests and all(proxied(hub)), "a Hub request bypassed the proxy"
@@ -104,3 +104,12 @@ def test_a_ca_bundle_from_the_environment_is_used(monkeypatch, tmp_path):
     assert session.merge_environment_settings("https://example.com/x", {}, False, True, None)[
         "verify"
     ] == str(bundle)
+
+
+def test_the_test_command_stops_no_process_by_name():
+    """tests/run.sh once ran `pkill -x tinyproxy`: every tinyproxy on the machine, not only the
+    one Debian's package started. Services are kept from starting instead (policy-rc.d)."""
+    script = (REPO / "tests" / "run.sh").read_text()
+    commands = [line.split("#")[0] for line in script.splitlines()]
+    assert not any(word in line.split() for line in commands for word in ("pkill", "killall"))
+    assert "policy-rc.d" in script and "exit 101" in script

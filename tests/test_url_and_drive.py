@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -135,7 +136,7 @@ def test_google_drive_quota_page_is_explained(cli, write_config, drive, models):
         cli, write_config, '[models.lora]\nd = "https://drive.google.com/open?id=1AbCdEfGhIjKlMnOpQr"\n'
     )
     assert result.code == 1
-    assert "Google Drive download quota exceeded" in json.loads(result.out)[0]["reason"]
+    assert "Google Drive download quota exceeded" in json.loads(result.out)["items"][0]["reason"]
     assert tree(models) == []
 
 
@@ -144,7 +145,7 @@ def test_server_chosen_names_that_collide_fail_the_later_item(cli, write_config,
     cdn.add("/two", b"second model", content_disposition='attachment; filename="model.safetensors"')
     result = run(cli, write_config, f'[models.lora]\na = "{cdn.url}/one"\nb = "{cdn.url}/two"\n')
     assert result.code == 1
-    a, b = json.loads(result.out)
+    a, b = json.loads(result.out)["items"]
     assert a["status"] == "ok" and b["status"] == "failed"
     assert b["reason"].startswith(f"same destination as models.lora.a ({models}/Lora/model.safetensors)")
     assert (models / "Lora" / "model.safetensors").read_bytes() == b"first model"
@@ -161,7 +162,7 @@ def test_a_url_entry_with_sha256_and_size_is_verified(cli, write_config, cdn, mo
     )
     result = run(cli, write_config, body)
     assert result.code == 1
-    rows = {r["name"]: r for r in json.loads(result.out)}
+    rows = {r["name"]: r for r in json.loads(result.out)["items"]}
     assert rows["good"]["status"] == "ok"
     assert rows["swapped"]["status"] == "failed"
     assert f"checksum mismatch: expected sha256:{sha256(DATA)}" in rows["swapped"]["reason"]
@@ -187,7 +188,7 @@ def test_bad_url_checksum_size_or_header_is_a_config_error(cli, write_config, en
 def test_a_redirect_to_a_file_url_fails_the_item_with_the_reason(cli, write_config, mirror, models):
     result = run(cli, write_config, f'[models.lora.m]\nurl = "{mirror.url}/to-file"\nfilename = "m.bin"\n')
     assert result.code == 1
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert "refused a redirect to a non-http(s) URL (file:)" in row["reason"]
     assert "unexpected error" not in result.err
 
@@ -196,8 +197,11 @@ def test_an_unreachable_host_is_named_in_plain_words(cli, write_config, models, 
     monkeypatch.setenv("PROVISION_RETRY_ATTEMPTS", "2")
     result = run(cli, write_config, '[models.lora.m]\nurl = "http://127.0.0.1:9/m.bin"\n')
     assert result.code == 1
-    (row,) = json.loads(result.out)
-    assert "cannot reach 127.0.0.1:9 (connection refused): check the network and the URL" in row["reason"]
+    (row,) = json.loads(result.out)["items"]
+    assert (
+        "cannot reach 127.0.0.1:9 (connection refused): check the host and port in the URL, and that the server runs"
+        in row["reason"]
+    )
     assert "HTTPConnectionPool" not in row["reason"]
 
 
@@ -222,7 +226,7 @@ def test_a_full_disk_says_what_to_do(cli, write_config, cdn, models, monkeypatch
     monkeypatch.setattr(os, "pwrite", full)
     result = run(cli, write_config, f'[models.esrgan]\nbig = "{cdn.url}/big.pth"\n')
     assert result.code == 1
-    (row,) = json.loads(result.out)
+    (row,) = json.loads(result.out)["items"]
     assert f"{said} or rent a bigger disk, then run again (what is on disk resumes)" in row["reason"]
     assert "()" not in row["reason"]
 
@@ -296,7 +300,7 @@ def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
     cdn.gate.set()
     out, err = first.communicate(timeout=120)
     assert first.returncode == 1, err
-    (row,) = json.loads(out)
+    (row,) = json.loads(out)["items"]
     assert "is full: free some space or rent a bigger disk, then run again" in row["reason"]
     assert sorted(p.name for p in folder.iterdir()) == ["big.pth.part", "big.pth.part.state", "filler"]
 
@@ -336,7 +340,7 @@ def test_a_workspace_on_a_full_disk_says_so_in_one_line_never_a_traceback(write_
     assert second.stderr.count("cannot write the log file") == 1, second.stderr
     assert "No space left on device; logging to the console only" in second.stderr
     assert "Traceback" not in second.stderr and "Logging error" not in second.stderr
-    rows = {row["name"]: row for row in json.loads(second.stdout)}
+    rows = {row["name"]: row for row in json.loads(second.stdout)["items"]}
     assert rows["small"]["status"] == "skipped"  # in place: a full disk does not undo what is there
     assert rows["m0"]["reason"].endswith("answered 404: check the URL")
     assert "start models.esrgan.small" in log_text  # what the first run wrote is still there
@@ -399,3 +403,26 @@ def wait_for(condition, process: subprocess.Popen) -> None:
             pytest.fail(f"the process ended first: {process.communicate()}")
         assert time.monotonic() < deadline, "the condition never held"
         time.sleep(0.02)
+
+
+def test_a_partial_file_that_cannot_be_resumed_is_restarted_with_a_warning(
+    cdn, write_config, workspace, models
+):
+    data = blob(4 * 1024 * 1024, seed=51)
+    cdn.add("/stream.pth", data, length=False)  # no size, no ranges: bytes on disk cannot be placed
+    cdn.rate = 1024 * 1024
+    config = write_config(f'[models.esrgan]\nstream = "{cdn.url}/stream.pth"\n')
+    args = (str(config), "--workspace", str(workspace))
+    first = start_module(*args)
+    part = models / "ESRGAN" / "stream.pth.part"
+    wait_for(lambda: part.exists() and part.stat().st_size > 1024 * 1024, first)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert first.returncode == 143 and part.exists()
+    second = run_module(*args)
+    assert second.returncode == 0, second.stderr
+    assert (
+        "stream.pth: the partial download cannot be resumed (the server sent no size, so the bytes"
+        " cannot be placed); starting over from byte 0" in second.stderr
+    ), second.stderr
+    assert sha256((models / "ESRGAN" / "stream.pth").read_bytes()) == sha256(data)

@@ -9,43 +9,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
-
-import requests
 
 from ..download import Download
-from ..http import TIMEOUT, UnsafeRedirect, new_session
 from ..plan import CivitaiSpec, GDriveSpec, HuggingFaceSpec, Item, UrlSpec
-from ..retry import GaveUp, RetryPolicy, check_status, retrying
-from ..secrets import redact
+from .base import Context, SourceError
 
-
-class SourceError(Exception):
-    """This item cannot be resolved; the message says what to do."""
-
-
-@dataclass
-class Context:
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: tuple[float, float] = TIMEOUT
-    session: requests.Session = field(default_factory=new_session)
-
-    def get(self, url: str, *, headers: dict[str, str] | None = None, method: str = "GET", **kw):
-        """One request with retries on transient failures; the answer may be any status."""
-        result: list[requests.Response] = []
-
-        def attempt() -> None:
-            response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kw)
-            check_status(response)
-            result.append(response)
-
-        try:
-            retrying(self.retry, url.split("?")[0], attempt)
-        except GaveUp as err:
-            raise SourceError(str(err)) from None
-        except UnsafeRedirect as err:
-            raise SourceError(f"{redact(url)}: {err}") from None
-        return result[0]
+__all__ = ["Context", "SourceError", "check_tokens", "resolve"]
 
 
 def resolve(item: Item, ctx: Context) -> list[Download]:

@@ -17,7 +17,7 @@ from ..download import Checksum, Download
 from ..links import DEFAULT_CIVITAI_ENDPOINT, endpoint
 from ..paths import safe_filename
 from ..plan import CivitaiSpec, Item
-from . import Context, SourceError
+from .base import Context, SourceError
 
 log = logging.getLogger("provision")
 KEY_HINT = "set CIVITAI_TOKEN to an API key (civitai.com: Account settings -> API Keys)"
@@ -159,6 +159,8 @@ def check_token(ctx: Context) -> str | None:
     try:
         response = ctx.get(f"{base()}/api/v1/me", headers=headers())
     except SourceError as err:
+        if ctx.host_down(base()):  # the items say so, once, at the end
+            return None
         log.warning(f"warning: cannot check CIVITAI_TOKEN at {base()} ({err}); going on without the check")
         return None
     with response:

@@ -30,7 +30,7 @@ from ..paths import safe_filename
 from ..plan import HuggingFaceSpec, Item
 from ..retry import GaveUp, Retryable, retrying
 from ..secrets import redact
-from . import Context, SourceError
+from .base import Context, SourceError
 
 log = logging.getLogger("provision")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -120,6 +120,8 @@ def check_token(ctx: Context) -> str | None:
     try:
         response = ctx.get(f"{hub()}/api/whoami-v2", headers={"Authorization": f"Bearer {_token()}"})
     except SourceError as err:
+        if ctx.host_down(hub()):  # the items say so, once, at the end
+            return None
         log.warning(f"warning: cannot check HF_TOKEN at {hub()} ({err}); going on without the check")
         return None
     with response:
@@ -144,11 +146,11 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
             if status == 429 or (status or 0) >= 500:
                 raise Retryable(f"HTTP {status}") from None
             raise
-        except Exception as err:  # transport errors: requests', httpx' or httpx2's, by version
-            raise Retryable(f"{type(err).__name__}: {err}") from None
+        # Anything else (transport errors of the Hub client, by version) goes to retrying(),
+        # which tells a dead host from a transient failure (failures.classify).
 
     try:
-        retrying(ctx.retry, f"{hub()}/{spec.repo}", attempt)
+        retrying(ctx.retry, f"{hub()}/{spec.repo}", attempt, url=hub())
     except GatedRepoError:
         raise SourceError(gated_message(spec)) from None
     except RevisionNotFoundError:
@@ -156,13 +158,14 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
             f'revision {spec.revision!r} not found in {spec.repo}: check "revision" (a branch, tag or commit)'
         ) from None
     except RepositoryNotFoundError:
+        # Some mirrors (olah) answer a missing file of an existing repository this way: ask
+        # for the repository itself before blaming "repo".
+        if spec.file is not None and _repository_exists(ctx, spec):
+            raise SourceError(_missing_file(spec)) from None
         hint = "" if _token() else " (if it is private, set HF_TOKEN to a token with access)"
         raise SourceError(f'repository {spec.repo} not found at {hub()}: check "repo"{hint}') from None
     except EntryNotFoundError:
-        raise SourceError(
-            f'file {spec.file!r} not found in {spec.repo} at {spec.revision}: check "file" against'
-            f" {hub()}/{spec.repo}/tree/{spec.revision}"
-        ) from None
+        raise SourceError(_missing_file(spec)) from None
     except HfHubHTTPError as err:
         if _status(err) == 401:
             raise SourceError(
@@ -173,8 +176,24 @@ def _call(ctx: Context, spec: HuggingFaceSpec, fn):
             f"Hugging Face answered {_status(err)}: {redact(str(err).splitlines()[0])}"
         ) from None
     except GaveUp as err:
-        raise SourceError(f"cannot reach {hub()}: {err}") from None
+        raise SourceError(str(err)) from None
     return result[0]
+
+
+def _missing_file(spec: HuggingFaceSpec) -> str:
+    return (
+        f'file {spec.file!r} not found in {spec.repo} at {spec.revision}: check "file" against'
+        f" {hub()}/{spec.repo}/tree/{spec.revision}"
+    )
+
+
+def _repository_exists(ctx: Context, spec: HuggingFaceSpec) -> bool:
+    api = HfApi(endpoint=hub(), token=_token() or False, user_agent=USER_AGENT)
+    try:
+        api.model_info(spec.repo, revision=spec.revision)
+    except Exception:  # not found, refused, unreachable: the first answer stands
+        return False
+    return True
 
 
 def gated_message(spec: HuggingFaceSpec) -> str:

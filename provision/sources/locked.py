@@ -8,14 +8,9 @@ their check and never land.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..download import Download
-from ..plan import CivitaiSpec, HuggingFaceSpec, Item, UrlSpec
-from . import Context
-
-if TYPE_CHECKING:
-    from ..lockfile import LockedFile
+from ..plan import CivitaiSpec, HuggingFaceSpec, Item, LockedFile, UrlSpec
+from .base import Context
 
 
 def resolve(item: Item, ctx: Context) -> list[Download]:

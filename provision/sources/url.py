@@ -14,7 +14,7 @@ from ..download import Checksum, Download
 from ..paths import safe_filename
 from ..plan import Item, UrlSpec
 from ..secrets import redact, without_secrets
-from . import Context, SourceError
+from .base import Context, SourceError
 
 
 def resolve(item: Item, ctx: Context) -> list[Download]:

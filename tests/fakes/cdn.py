@@ -42,6 +42,9 @@ class Served:
     wrong_bytes: bool = False  # flips one byte in the middle of every answer
     headers: dict = field(default_factory=dict)
     content_disposition: str | None = None
+    # False: no Content-Length and no ranges, the body ends when the connection closes (a
+    # server or mirror that streams what it does not know the size of)
+    length: bool = True
 
 
 @dataclass
@@ -89,7 +92,7 @@ class FakeCDN(FakeServer):
         start, end, status = 0, total - 1, 200
         wanted = h.headers.get("Range")
         if_range = h.headers.get("If-Range")
-        use_range = served.ranges and not served.ignore_range and not fault.ignore_range
+        use_range = served.ranges and not served.ignore_range and not fault.ignore_range and served.length
         if wanted and use_range and (if_range is None or if_range == served.etag):
             match = _RANGE.match(wanted)
             if match:
@@ -113,6 +116,11 @@ class FakeCDN(FakeServer):
         if "response-content-disposition" in query:  # presigned S3/R2 URLs name the file so
             headers["Content-Disposition"] = query["response-content-disposition"]
         headers.update(served.headers)
+        if not served.length:
+            del headers["Content-Length"]
+            headers.pop("Accept-Ranges", None)
+            headers["Connection"] = "close"
+            h.close_connection = True
         if fault.cut_headers:
             h.wfile.write(f"HTTP/1.1 {status} Partial\r\nContent-Length: {end - start + 1}\r\n".encode())
             h.wfile.flush()

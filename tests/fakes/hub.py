@@ -38,6 +38,9 @@ class FakeHub(FakeServer):
     repos: dict[str, Repo] = field(default_factory=dict)
     valid_tokens: set[str] = field(default_factory=set)
     whoami_status: int | None = None  # answer the token check with this (a mirror's 504)
+    # As olah (a real Hub mirror) does: a missing file of an existing repository is answered
+    # 401 RepoNotFound, where the Hub answers 404 EntryNotFound.
+    missing_file_as_repo: bool = False
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], **options) -> Repo:
         repo = Repo(files, **options)
@@ -127,6 +130,9 @@ class FakeHub(FakeServer):
         if repo is None:
             return
         data = repo.files_at(revision).get(file)
+        if data is None and self.missing_file_as_repo:
+            self._error(h, 401, "RepoNotFound", "Repository not found")
+            return
         if data is None:
             self._error(h, 404, "EntryNotFound", f'{file} does not exist on "{revision}"')
             return
