@@ -41,4 +41,9 @@ class Download:
 
 
 class FetchError(Exception):
-    """The file cannot be fetched; the message says why and what to do."""
+    """The file cannot be fetched; the message says why and what to do. `gave_up`: every try
+    failed without an answer to judge (refused, cut, timed out, 5xx): the server, not the file."""
+
+    def __init__(self, message: str, gave_up: bool = False):
+        super().__init__(message)
+        self.gave_up = gave_up

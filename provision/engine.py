@@ -293,7 +293,7 @@ class Engine:
         try:
             retrying(self.retry, what, attempt_fn, stop, url=url)
         except GaveUp as err:
-            raise FetchError(str(err)) from None
+            raise FetchError(str(err), gave_up=True) from None
 
 
 def _mib(n: int) -> str:

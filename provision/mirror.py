@@ -132,7 +132,7 @@ class MirrorFirst:
         except FetchError as err:
             if self.engine.cancelled.is_set():
                 raise  # Ctrl-C or SIGTERM: nothing falls back
-            self._fell_back(download, str(err), refusal)
+            self._fell_back(download, str(err), refusal, err.gave_up)
             return self._from_source(download, progress)
         if result.status == "skipped":
             return result, FROM_DISK
@@ -144,11 +144,11 @@ class MirrorFirst:
         result = self.source.fetch(download, progress)
         return result, FROM_DISK if result.status == "skipped" else FROM_SOURCE
 
-    def _fell_back(self, download: Download, error: str, refusal: list[int]) -> None:
+    def _fell_back(self, download: Download, error: str, refusal: list[int], gave_up: bool) -> None:
         name = download.dest.name
         if refusal:
             why = f"has no copy of it ({refusal[0]})"
-        elif not error.startswith("gave up after"):  # it answered, with another size or hash
+        elif not gave_up:  # it answered, with another size or hash
             why = f"served other bytes ({error.split(';')[0]})"
         else:  # connections refused or cut, timeouts, 5xx: every try failed
             with self._lock:

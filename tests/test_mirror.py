@@ -301,7 +301,7 @@ def test_a_signal_during_a_mirror_download_keeps_its_bytes_and_the_next_run_resu
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
         assert process.returncode == 143, err
-        assert "interrupted: 1 partial file kept (big.safetensors)" in err
+        assert "interrupted: 1 partial file kept (Stable-diffusion/big.safetensors)" in err
         kept = Ranges(json.loads(state.read_text())["done"]).covered()
 
         mirror.gate.set()
