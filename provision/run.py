@@ -20,6 +20,7 @@ from .engine import Engine, FetchError
 from .ondisk import file_state, item_state
 from .plan import Item
 from .progress import make_progress
+from .progressfile import ProgressFile
 from .records import ItemRecords, VerifiedRecords, workspace_records
 from .report import FAILED, OK, PLANNED, SKIPPED, ItemResult, human_size
 from .retry import RetryPolicy
@@ -199,7 +200,7 @@ def _fetch_all(
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
-    progress = make_progress(settings.progress, expected)
+    progress = ProgressFile(make_progress(settings.progress, expected), settings.workspace, work)
 
     # The files of one repository run in parallel: their item's counters change under a lock.
     entry_lock = threading.Lock()
