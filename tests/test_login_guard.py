@@ -53,7 +53,9 @@ def test_the_login_checks_password_basic_and_token_by_keyed_hash():
     assert login.token_ok("the-open-button-token") and not login.token_ok("the-open-button-toke")
     assert not make_login().token_ok(""), "no token set: no token is right"
     record = login_guard.login_record("admin", "right-password-123", "the-open-button-token")
-    assert "right-password-123" not in json.dumps(record) and "the-open-button-token" not in json.dumps(record)
+    assert "right-password-123" not in json.dumps(record) and "the-open-button-token" not in json.dumps(
+        record
+    )
 
 
 def test_waits_double_after_five_refusals_and_a_good_login_clears_them():

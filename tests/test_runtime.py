@@ -24,8 +24,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import blob, sha256, which
-from .runtime_harness import PROXIED, RUNTIME, connected_to, listening, make_runtime
+from .conftest import blob, sha256
+from .runtime_harness import (
+    PROXIED,
+    RUNTIME,
+    connected_to,
+    listening,
+    make_runtime,
+    missing_runtime_tool,
+    runtime_starter,
+)
 
 PASSWORD = "correct-horse-battery-9"
 TOKEN = "vasttoken0123456789abcdef"
@@ -35,25 +43,14 @@ CIVITAI_TOKEN = "civitai_runtime_secret_8888"
 
 @pytest.fixture(autouse=True)
 def tools():
-    for tool in ("s6-svscan", "s6-log", "s6-envdir", "s6-svstat", "caddy"):
-        if which(tool) is None:
-            pytest.skip(f"{tool} is not installed (tests/run.sh installs it)")
+    if missing := missing_runtime_tool():
+        pytest.skip(f"{missing} is not installed (tests/run.sh installs it)")
 
 
 @pytest.fixture
 def start(tmp_path):
-    started = []
-
-    def run(**env: str):
-        runtime = make_runtime(tmp_path / f"container{len(started)}", env)
-        started.append(runtime)
-        runtime.start()
-        runtime.wait_ready()
-        return runtime
-
-    yield run
-    for runtime in started:
-        runtime.kill()
+    with runtime_starter(tmp_path) as run:
+        yield run
 
 
 def get(runtime, service, path="/", **kw):

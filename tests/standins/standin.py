@@ -60,6 +60,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if NAME == "ttyd" and self.headers.get("Upgrade", "").lower() == "websocket":
+            origin = self.headers.get("Origin")
+            if "--check-origin" in ARGS and origin and origin.split("://", 1)[-1] != self.headers.get("Host"):
+                # As ttyd's own check: the Origin's host and port must be the Host it was sent to.
+                self._reply(403, b"origin refused")
+                return
             key = self.headers.get("Sec-WebSocket-Key", "")
             accept = base64.b64encode(hashlib.sha1((key + WS_MAGIC).encode()).digest()).decode()
             self.send_response(101)
