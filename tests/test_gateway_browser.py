@@ -156,7 +156,9 @@ def test_login_page_wrong_and_right_password_logout_and_the_503_page(browser, st
     context.close()
 
 
-def test_the_open_button_lands_on_the_portal_while_models_download(browser, start, cdn, write_config):
+def test_the_open_button_lands_on_the_portal_while_models_download(
+    browser, start, cdn, write_config, tmp_path
+):
     cdn.add("/small.safetensors", blob(20_000, seed=5))
     cdn.add("/big.safetensors", blob(5_000_000, seed=6))
     cdn.fault("/big.safetensors", *[Fault(stall_at=2_200_000, stall=60)] * 20)
@@ -164,7 +166,16 @@ def test_the_open_button_lands_on_the_portal_while_models_download(browser, star
         f'[models.lora]\ndetail-tweaker = "{cdn.url}/small.safetensors"\n'
         f'[models.checkpoints]\nsdxl-base = "{cdn.url}/big.safetensors"\n'
     )
-    runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN, PROVISION_URL=str(config))
+    gpu = tmp_path / "nvidia" / "gpus" / "0000:01:00.0"  # what the NVIDIA runtime mounts
+    gpu.mkdir(parents=True)
+    (gpu.parent.parent / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14\n")
+    (gpu / "information").write_text("Model: \t NVIDIA GeForce RTX 4090\n")
+    runtime = start(
+        PASSWORD=PASSWORD,
+        OPEN_BUTTON_TOKEN=TOKEN,
+        PROVISION_URL=str(config),
+        NVIDIA_PROC_DIR=str(gpu.parent.parent),
+    )
     context = browser.new_context()
     page = context.new_page()
     page.goto(f"http://127.0.0.1:{runtime.ports['sdnext']}/?token={TOKEN}")
@@ -177,6 +188,7 @@ def test_the_open_button_lands_on_the_portal_while_models_download(browser, star
     )
     text = page.inner_text("body")
     assert "checkpoints/sdxl-base" in text and "downloading" in text and "verified" in text
+    assert "NVIDIA GeForce RTX 4090, driver 550.54.14" in text
     screenshot(page, "gateway-portal.png")
     # A link to a sibling port: the session goes along.
     page.click(".service:has-text('Files')")

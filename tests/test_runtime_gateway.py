@@ -114,14 +114,19 @@ def ws_headers(runtime, cookie: str, from_origin: str) -> dict:
 
 
 def ws_status(runtime, headers: dict) -> bytes:
+    """The status line of a WebSocket upgrade through the gateway, then the body of a refusal."""
     request = "GET /ws HTTP/1.1\r\n" + f"Host: 127.0.0.1:{runtime.ports['ttyd']}\r\n"
     request += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     with socket.create_connection(("127.0.0.1", runtime.ports["ttyd"]), timeout=10) as sock:
         sock.sendall(request.encode())
-        data = b""
-        while b"\r\n" not in data and (chunk := sock.recv(4096)):
-            data += chunk
-        return data.split(b"\r\n", 1)[0]
+        reader = sock.makefile("rb")
+        status = reader.readline().rstrip()
+        length = 0
+        while (line := reader.readline().rstrip()) != b"":
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        return status + b"\n" + (b"" if status.startswith(b"HTTP/1.1 101") else reader.read(length))
 
 
 def test_requests_from_another_site_or_port_never_reach_the_apps(start):
@@ -162,7 +167,8 @@ def test_requests_from_another_site_or_port_never_reach_the_apps(start):
     }
     assert send(runtime, "logdy", "GET", "/api/logs", img).status == 403
     # A WebSocket to the terminal from that page; from the terminal's own page it opens.
-    assert ws_status(runtime, ws_headers(runtime, cookie, co_tenant)).startswith(b"HTTP/1.1 403")
+    refused = ws_status(runtime, ws_headers(runtime, cookie, co_tenant))
+    assert refused.startswith(b"HTTP/1.1 403") and b"came from another site" in refused  # the gateway's
     assert ws_status(runtime, ws_headers(runtime, cookie, origin(runtime, "ttyd"))).startswith(
         b"HTTP/1.1 101"
     )

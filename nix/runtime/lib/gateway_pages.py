@@ -149,8 +149,10 @@ def portal(status: dict, scheme: str, hostname: str, user: str) -> bytes:
         size, done = item.get("size"), item.get("done") or 0
         bar = f'<progress max="{size}" value="{done}"></progress>' if size else ""
         amount = f"{human_size(done)} of {human_size(size)}" if item["state"] == "downloading" else ""
-        if item["state"] == "downloading":
-            amount += f", {human_size(item.get('speed'))}/s, {human_time(item.get('eta'))} left"
+        if item["state"] == "downloading" and item.get("speed"):
+            amount += f", {human_size(item['speed'])}/s, {human_time(item.get('eta'))} left"
+        elif item["state"] == "downloading":
+            amount += ", waiting for data"
         reason = f'<br><span class="failed">{esc(item["reason"])}</span>' if item.get("reason") else ""
         rows.append(
             f"<tr><td><code>{esc(item['item'])}</code></td>"
