@@ -9,6 +9,7 @@ co-tenant or the guesser would be seen.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -64,11 +65,13 @@ def send(
     body: bytes | None = None,
     source: str = "127.0.0.1",
     tls: bool = False,
+    cafile: str | None = None,
 ) -> Answer:
-    """One request to a service's gateway port from a loopback address of our choosing."""
+    """One request to a service's gateway port from a loopback address of our choosing; over
+    TLS verified with cafile (default: the test certificate's)."""
     port = runtime.ports[service]
     if tls:
-        context = ssl.create_default_context(cafile=str(TLS_TRUST))
+        context = ssl.create_default_context(cafile=cafile or str(TLS_TRUST))
         connection = http.client.HTTPSConnection(
             "127.0.0.1", port, timeout=10, source_address=(source, 0), context=context
         )
@@ -131,9 +134,7 @@ def ws_status(runtime, headers: dict) -> bytes:
 
 def test_requests_from_another_site_or_port_never_reach_the_apps(start):
     runtime = start(PASSWORD=PASSWORD, OPEN_BUTTON_TOKEN=TOKEN)
-    basic = {
-        "Authorization": "Basic " + __import__("base64").b64encode(f"admin:{PASSWORD}".encode()).decode()
-    }
+    basic = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
     cookie = cookie_of(send(runtime, "sdnext", path=f"/?token={TOKEN}"))
     co_tenant = "http://127.0.0.1:9999"  # a page on another port of the same IP
     form = {"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Mode": "navigate"}
@@ -394,6 +395,34 @@ def test_https_with_a_given_certificate_and_with_vast_ais_instance_certificate(s
     assert "plain HTTP on every port" in runtime.console
 
 
+def test_https_with_a_self_made_certificate_whose_ca_stays_on_the_workspace(start, tmp_path):
+    runtime = start(PASSWORD=PASSWORD, TLS_SELF_SIGNED="true")
+    assert "HTTPS on every port with a self-made certificate" in runtime.console
+    with pytest.raises(ssl.SSLCertVerificationError):
+        send(runtime, "sdnext", tls=True)  # not trusted before its CA is
+    unverified = ssl.create_default_context()
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", runtime.ports["sdnext"], timeout=10, context=unverified
+    )
+    connection.request("GET", "/.gateway/ca.crt")
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(connection.getresponse().read())
+    assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    for service in PROXIED:  # trusted now, on every port
+        answer = send(
+            runtime,
+            service,
+            tls=True,
+            cafile=str(ca),
+            headers={"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()},
+        )
+        assert answer.status == 200, service
+    runtime.stop()
+    again = start(PASSWORD=PASSWORD, TLS_SELF_SIGNED="true", WORKSPACE=runtime.env["WORKSPACE"])
+    assert send(again, "logdy", tls=True, cafile=str(ca)).status == 401, "the same CA after a restart"
+
+
 def test_behind_trusted_proxies_the_forwarded_address_counts_and_only_theirs(start):
     runtime = start(PASSWORD=PASSWORD, TRUSTED_PROXIES="127.0.0.1/32")
     via_proxy = {"X-Forwarded-For": "198.51.100.7"}
@@ -404,6 +433,11 @@ def test_behind_trusted_proxies_the_forwarded_address_counts_and_only_theirs(sta
     # An address that is not a trusted proxy cannot claim to forward for the user.
     assert send(runtime, "sdnext", headers=via_proxy | {"Cookie": cookie}, source="127.0.0.2").status == 401
     wait_for(lambda: "made for 198.51.100.7 from 198.51.100.8" in log_text(runtime, "guard"), 10)
+    # A TLS tunnel in front says so; the cookie is then Secure (a client's own claim is ignored).
+    assert (
+        "; Secure"
+        in form_login_via(runtime, via_proxy | {"X-Forwarded-Proto": "https"}).headers["Set-Cookie"]
+    )
 
 
 def form_login_via(runtime, headers: dict) -> Answer:

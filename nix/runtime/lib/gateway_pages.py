@@ -133,7 +133,7 @@ def _cls(state: str) -> str:
     return esc(state.replace(" ", "-"))
 
 
-def portal(status: dict, scheme: str, hostname: str, user: str) -> bytes:
+def portal(status: dict, scheme: str, hostname: str, user: str, ca: bool = False) -> bytes:
     cards = []
     for service in status["services"]:
         url = f"{scheme}://{hostname}:{service['port']}/"
@@ -184,6 +184,8 @@ def portal(status: dict, scheme: str, hostname: str, user: str) -> bytes:
         f"<h2>GPU</h2>{gpu}"
         f'<p class="muted">Updated {time.strftime("%H:%M:%S")}'
         + (" · this page refreshes every 5 seconds" if busy else "")
-        + ' · <a href="/.gateway/status.json">status.json</a></p>'
+        + ' · <a href="/.gateway/status.json">status.json</a>'
+        + (' · <a href="/.gateway/ca.crt">this container\'s CA certificate</a>' if ca else "")
+        + "</p>"
     )
     return page(PRODUCT, body, refresh=5 if busy else None)

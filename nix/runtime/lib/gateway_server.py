@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +39,7 @@ from login_guard import MAX_AGE, Limiter, Login, Sessions, login_record
 
 MAX_FORM = 8192
 PORTAL = "/.gateway/"
+MAX_TLS_NAMES = 20  # names the self-made certificate is made for (Caddy asks /tls-ask first)
 
 
 def say(line: str) -> None:
@@ -84,6 +86,19 @@ class Gateway:
         self.workspace = Path(env.get("WORKSPACE", "/workspace"))
         self.service_root = runtime / "service"
         self.proc_nvidia = Path(env.get("NVIDIA_PROC_DIR", "/proc/driver/nvidia"))
+        # TLS_SELF_SIGNED: Caddy's own CA on the workspace; its root is served as /.gateway/ca.crt.
+        self.ca_root = self.workspace / ".gateway/tls/pki/authorities/local/root.crt"
+        self.tls_names: set[str] = set()
+        self.tls_lock = threading.Lock()
+
+    def may_make_certificate(self, name: str) -> bool:
+        """The first MAX_TLS_NAMES names asked for get a certificate, no more: a client sending
+        made-up names cannot fill the workspace volume with certificates."""
+        with self.tls_lock:
+            if name in self.tls_names or len(self.tls_names) < MAX_TLS_NAMES:
+                self.tls_names.add(name)
+                return True
+            return False
 
     def status(self) -> dict:
         provision = (self.service_root / "provision").exists()
@@ -161,6 +176,14 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
 
         def route(self) -> None:
             path = split_uri(self.uri)[0]
+            if not self.checking and path == "/tls-ask":  # Caddy's own question, on loopback
+                name = dict(parse_qsl(split_uri(self.uri)[1])).get("domain", "")
+                self.reply(200 if name and gateway.may_make_certificate(name) else 403, b"")
+                return
+            if not self.checking and path == "/.gateway/ca.crt" and gateway.ca_root.exists():
+                # Public: the root a browser must trust before it can even show the login.
+                self.reply(200, gateway.ca_root.read_bytes(), "application/x-x509-ca-cert")
+                return
             if not self.checking and path == "/.gateway/unavailable":
                 self.unavailable()  # Caddy's error route: the service's own port is not answering
                 return
@@ -357,7 +380,8 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
                 return
             host = urlsplit(f"//{self.headers.get('Host', '')}").hostname or "localhost"
             user = gateway.login.user if gateway.login else ""
-            body = pages.portal(gateway.status(), "https" if self.https else "http", host, user)
+            scheme = "https" if self.https else "http"
+            body = pages.portal(gateway.status(), scheme, host, user, ca=gateway.ca_root.exists())
             self.reply(200, body, "text/html")
 
         def status_json(self) -> None:
