@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import blob
+from .conftest import blob, sha256
 from .fakes.cdn import Fault
 from .runtime_harness import free_port, listening, missing_runtime_tool, runtime_starter
 from .test_runtime import PASSWORD, TOKEN, log_text, wait_for
@@ -131,9 +131,17 @@ def test_login_page_wrong_and_right_password_logout_and_the_503_page(browser, st
     # One login for every port: the terminal's port opens without asking again.
     page.goto(f"http://127.0.0.1:{runtime.ports['ttyd']}/")
     assert '"service": "ttyd"' in page.content()
-    # The apps' own requests carry their own origin and pass: a POST, a WebSocket.
-    answer = page.evaluate("fetch('/upload', {method: 'POST', body: 'abc'}).then(r => r.status)")
-    assert answer == 200
+    # The apps' own requests carry their own origin and pass: SD.Next's API calls, the file
+    # manager's uploads, the log viewer's, the terminal's WebSocket.
+    for service, path in (
+        ("sdnext", "/sdapi/v1/txt2img"),
+        ("filebrowser", "/api/resources/upload.bin?override=false"),
+        ("logdy", "/api/status"),
+        ("ttyd", "/token"),
+    ):
+        page.goto(f"http://127.0.0.1:{runtime.ports[service]}/")
+        answer = page.evaluate(f"fetch('{path}', {{method: 'POST', body: 'abc'}}).then(r => r.json())")
+        assert answer == {"sha256": sha256(b"abc")}, service
     got = page.evaluate(
         """new Promise(done => { const ws = new WebSocket(`ws://${location.host}/ws`);
            ws.onmessage = m => done(m.data); ws.onerror = () => done('error'); })"""

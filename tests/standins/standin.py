@@ -47,6 +47,7 @@ def record(kind: str, data: dict) -> None:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as real servers: no 40 ms wait for a delayed ACK per answer
 
     def log_message(self, *args):
         print(f"{NAME}: {self.command} {self.path}", flush=True)

@@ -101,12 +101,13 @@ def unavailable(title: str, hint: str) -> bytes:
     )
 
 
-def too_many(seconds: int, user: str, next_path: str, token_login: bool) -> bytes:
+def too_many(seconds: int, user: str, next_path: str, token_login: bool, service_title: str = "") -> bytes:
     return login(
         user,
         next_path,
         f"Too many refused logins from your address: the next try is checked in {seconds} s.",
         token_login,
+        service_title,
     )
 
 
