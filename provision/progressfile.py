@@ -65,7 +65,7 @@ class ProgressFile(Progress):
         self.total_rate = _Rate()
         self.started = time.time()
         self.stopped = threading.Event()
-        self._write(finished=False)
+        self._try_write(finished=False)
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
@@ -90,15 +90,19 @@ class ProgressFile(Progress):
     def close(self) -> None:
         self.stopped.set()
         self.thread.join()
-        with contextlib.suppress(OSError):
-            self._write(finished=True)
+        self._try_write(finished=True)
         self.inner.close()  # type: ignore[attr-defined]
 
     # -- the file ----------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self.stopped.wait(INTERVAL):
-            with contextlib.suppress(OSError):  # a full disk: the portal shows the last picture
-                self._write(finished=False)
+            self._try_write(finished=False)
+
+    def _try_write(self, finished: bool) -> None:
+        """The picture is for watching, never a reason to fail a run: on a full disk or a
+        read-only state folder the portal shows the last picture that could be written."""
+        with contextlib.suppress(OSError):
+            self._write(finished)
 
     def _item(self, entry, now: float) -> dict:
         size = sum(d.expected_size or 0 for d in entry.downloads) or None

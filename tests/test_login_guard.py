@@ -78,8 +78,8 @@ def test_waits_double_after_five_refusals_and_a_good_login_clears_them():
 
 def test_the_same_wrong_value_again_is_not_a_new_guess():
     limiter = login_guard.Limiter(Clock())
-    for _ in range(50):  # a stale cookie on every request of a page
-        limiter.refused("203.0.113.9", "cookie:stale-session")
+    counted = [limiter.refused("203.0.113.9", "cookie:stale-session") for _ in range(50)]
+    assert counted == [1] + [None] * 49  # a stale cookie on every request of a page: one refusal
     assert limiter.failures("203.0.113.9") == 1 and limiter.wait("203.0.113.9") == 0
 
 

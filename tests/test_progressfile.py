@@ -81,3 +81,13 @@ def test_speed_and_time_left_follow_the_bytes(tmp_path, monkeypatch):
     item = json.loads((tmp_path / ".provision" / "progress.json").read_text())["items"][0]
     assert item["speed"] == 1000.0 and item["eta"] == 6.0
     progress.close()
+
+
+def test_a_picture_that_cannot_be_written_never_fails_the_run(tmp_path):
+    (tmp_path / ".provision").write_text("a file where the state folder should be")
+    inner = Recorder()
+    moving = entry("checkpoints/moving", 10_000, fetching=1)
+    progress = progressfile.ProgressFile(inner, tmp_path, [moving])
+    progress.file_started(moving.downloads[0], 10_000, 0)
+    progress.close()
+    assert inner.events[-1] == ("close",)

@@ -217,6 +217,7 @@ def test_a_captured_cookie_is_refused_from_another_address_and_the_replay_is_log
         lambda: "refused a session cookie made for 127.0.0.1 from 127.0.0.2" in log_text(runtime, "guard"), 10
     )
     assert cookie.split("=", 1)[1] not in log_text(runtime, "guard")
+    assert log_text(runtime, "guard").count("made for 127.0.0.1 from 127.0.0.2") == 1, "a repeat is one line"
     assert send(runtime, "ttyd", headers={"Cookie": cookie}).status == 200, (
         "the user's own session still works"
     )

@@ -261,7 +261,8 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
 
         def count(self, what: str, value: str) -> None:
             failures = gateway.limiter.refused(self.address, value)
-            say(f"refused {what} from {self.address} ({failures} in a row)")
+            if failures is not None:  # a repeat (a stale cookie on each request of a page): one line
+                say(f"refused {what} from {self.address} ({failures} in a row)")
 
         def refuse(self, decision: Decision, next_path: str, message: str = "") -> None:
             headers = {}

@@ -126,15 +126,15 @@ class Limiter:
                 everyone.wait(now, GLOBAL_FREE, GLOBAL_MAX_WAIT) if everyone else 0.0,
             )
 
-    def refused(self, address: str, value: str) -> int:
-        """Counts a wrong value from this address (a repeat of a recent one is not counted);
-        returns the address's refusals in a row."""
+    def refused(self, address: str, value: str) -> int | None:
+        """Counts a wrong value from this address; returns the address's refusals in a row, or
+        None for a repeat of a recent value (not counted again)."""
         now = self.clock()
         mark = fingerprint(value)
         with self.lock:
             client = self.clients.setdefault(address, Client())
             if mark in client.recent:
-                return client.failures
+                return None
             client.recent = [*client.recent[-(REMEMBERED_VALUES - 1) :], mark]
             for key in (address, EVERYONE):
                 counted = self.clients.setdefault(key, Client())
