@@ -389,6 +389,12 @@ def test_provision_runs_once_then_asks_sdnext_to_rescan(start, cdn, write_config
     assert log_text(runtime, "provision").count("provision: started") == 1
     assert len(runtime.refreshes()) == 3
     assert "asking SD.Next to rescan" in log_text(runtime, "provision")
+    # The portal's status says so too.
+    status = get(runtime, "logdy", "/.gateway/status.json", auth=("admin", PASSWORD)).json()["provisioning"]
+    assert status["state"] == "done"
+    assert [(i["item"], i["state"], i["done"]) for i in status["items"]] == [
+        ("checkpoints/model", "verified", 300_000)
+    ]
 
 
 def test_provision_failure_is_visible_and_not_retried(start, cdn, write_config):
@@ -400,6 +406,10 @@ def test_provision_failure_is_visible_and_not_retried(start, cdn, write_config):
     assert text.count("provision: started") == 1 and "FAILED (exit code 1)" in text
     assert runtime.refreshes() == []
     assert "answered 404" in (runtime.workspace / "logs" / "provision.log").read_text()
+    status = get(runtime, "sdnext", "/.gateway/status.json", auth=("admin", PASSWORD)).json()["provisioning"]
+    assert status["state"] == "failed" and "1 item(s) failed" in status["detail"]
+    (item,) = status["items"]
+    assert item["item"] == "checkpoints/missing" and item["state"] == "failed" and "404" in item["reason"]
 
 
 def test_a_lock_from_provision_lock_url_is_enforced(start, cdn, write_config, tmp_path, cli):
