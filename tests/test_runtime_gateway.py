@@ -199,6 +199,14 @@ def test_requests_from_another_site_or_port_never_reach_the_apps(start):
         ),
         10,
     )
+    # A page that keeps attacking makes one line a minute, not one per request.
+    for _ in range(20):
+        assert (
+            send(runtime, "sdnext", "POST", "/again", {"Origin": "http://evil.example"}, b"x").status == 403
+        )
+    send(runtime, "sdnext", headers={"Authorization": "Bearer a-marker-guess"})  # a line after them
+    wait_for(lambda: "a wrong Bearer token" in log_text(runtime, "guard"), 10)
+    assert log_text(runtime, "guard").count("Origin http://evil.example") == 1
 
 
 def test_a_captured_cookie_is_refused_from_another_address_and_the_replay_is_logged(start):

@@ -39,6 +39,7 @@ from login_guard import MAX_AGE, Limiter, Login, Sessions, login_record
 
 MAX_FORM = 8192
 PORTAL = "/.gateway/"
+REFUSAL_LINE_EVERY = 60.0
 MAX_TLS_NAMES = 20  # names the self-made certificate is made for (Caddy asks /tls-ask first)
 
 
@@ -89,12 +90,28 @@ class Gateway:
         # TLS_SELF_SIGNED: Caddy's own CA on the workspace; its root is served as /.gateway/ca.crt.
         self.ca_root = self.workspace / ".gateway/tls/pki/authorities/local/root.crt"
         self.tls_names: set[str] = set()
-        self.tls_lock = threading.Lock()
+        self.lock = threading.Lock()  # for the two small tables here
+        self.refusal_lines: dict[str, tuple[float, int]] = {}
+
+    def worth_a_line(self, key: str) -> int | None:
+        """A refused cross-site request is logged once a minute per address and reason, with
+        how many were left unsaid (None: not now): any page anywhere can make a visitor's
+        browser send thousands."""
+        now = time.monotonic()
+        with self.lock:
+            last, unsaid = self.refusal_lines.get(key, (-REFUSAL_LINE_EVERY, 0))
+            if now - last < REFUSAL_LINE_EVERY:
+                self.refusal_lines[key] = (last, unsaid + 1)
+                return None
+            if len(self.refusal_lines) > 10_000:
+                self.refusal_lines.clear()
+            self.refusal_lines[key] = (now, 0)
+            return unsaid
 
     def may_make_certificate(self, name: str) -> bool:
         """The first MAX_TLS_NAMES names asked for get a certificate, no more: a client sending
         made-up names cannot fill the workspace volume with certificates."""
-        with self.tls_lock:
+        with self.lock:
             if name in self.tls_names or len(self.tls_names) < MAX_TLS_NAMES:
                 self.tls_names.add(name)
                 return True
@@ -192,7 +209,10 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
                 return
             verdict = judge(self.method, self.headers, self.headers.get("Host", ""), gateway.sibling_ports)
             if not verdict.allowed:
-                say(f"refused {self.method} {path[:80]} from {self.address}: {verdict.reason}")
+                unsaid = gateway.worth_a_line(f"{self.address} {verdict.reason}")
+                if unsaid is not None:
+                    more = f" ({unsaid} more since the last line)" if unsaid else ""
+                    say(f"refused {self.method} {path[:80]} from {self.address}: {verdict.reason}{more}")
                 self.reply(403, *self.message("Refused", "This request came from another site.", 403))
                 return
             if self.checking:
