@@ -168,3 +168,16 @@ def test_without_origin_only_navigations_come_from_elsewhere_and_non_browsers_pa
     assert judge("GET", Sec_Fetch_Site="cross-site", Sec_Fetch_Mode="navigate")  # the host's console
     assert not judge("GET", Sec_Fetch_Site="same-site", Sec_Fetch_Mode="no-cors")  # an <img> elsewhere
     assert not judge("POST", Sec_Fetch_Site="cross-site", Sec_Fetch_Mode="navigate")
+
+
+def test_a_known_device_is_limited_on_its_own_and_only_this_boot_can_sign_one():
+    login, next_boot = make_login(), make_login()
+    assert login.device_mark("browser-1") == login.device_mark("browser-1")
+    assert login.device_mark("browser-1") != login.device_mark("browser-2")
+    assert login.device_mark("browser-1") != next_boot.device_mark("browser-1")
+    clock = Clock()
+    limiter = login_guard.Limiter(clock)
+    for n in range(60):  # guessers everywhere: the count across addresses is over
+        limiter.refused(f"198.51.100.{n % 10}", f"guess-{n}")
+    assert limiter.wait("203.0.113.9") > 0
+    assert limiter.wait("device browser-1", everyone=False) == 0

@@ -88,9 +88,12 @@ def origin(runtime, service: str) -> str:
     return f"http://127.0.0.1:{runtime.ports[service]}"
 
 
-def form_login(runtime, service="sdnext", password=PASSWORD, source="127.0.0.1", next_path="/.gateway/"):
+def form_login(
+    runtime, service="sdnext", password=PASSWORD, source="127.0.0.1", next_path="/.gateway/", cookies=""
+):
     body = urlencode({"username": "admin", "password": password, "next": next_path}).encode()
-    headers = {
+    headers = {"Cookie": cookies} if cookies else {}
+    headers |= {
         "Content-Type": "application/x-www-form-urlencoded",
         "Origin": origin(runtime, service),
         "Sec-Fetch-Site": "same-origin",
@@ -259,13 +262,20 @@ def test_token_and_cookie_guesses_are_slowed_and_logged_like_passwords(start, ki
 
 def test_a_session_survives_a_guesser_on_its_address_and_a_fresh_login_gets_in_after_the_wait(start):
     runtime = start(PASSWORD=PASSWORD)
-    cookie = cookie_of(form_login(runtime, source="127.0.0.4"))  # the user, behind a shared address
+    first = form_login(runtime, source="127.0.0.4")  # the user, behind a shared address
+    cookie = cookie_of(first)
+    device = next(c.split(";")[0] for c in first.headers.get_all("Set-Cookie") if "_device=" in c)
     for n in range(8):  # the guesser, from the same address
         form_login(runtime, password=f"guess-{n}", source="127.0.0.4")
     waiting = form_login(runtime, source="127.0.0.4")
     assert waiting.status == 429 and "Too many refused logins" in waiting.text
     for service in PROXIED:
         assert send(runtime, service, headers={"Cookie": cookie}, source="127.0.0.4").status == 200, service
+    # The user's browser logged in here before: its new login is not held up by the guesser.
+    again = form_login(runtime, source="127.0.0.4", cookies=device)
+    assert again.status == 303, again.text
+    forged = device.split(".")[0] + ".0123456789abcdef0123456789abcdef"
+    assert form_login(runtime, source="127.0.0.4", cookies=forged).status == 429  # a made-up mark
     # A fresh login from that address is checked once the announced wait is over.
     retry_after = int(waiting.headers["Retry-After"])
     wait_for(lambda: form_login(runtime, source="127.0.0.4").status == 303, retry_after + 10)

@@ -21,8 +21,10 @@ root-only.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -39,6 +41,7 @@ from login_guard import MAX_AGE, Limiter, Login, Sessions, login_record
 
 MAX_FORM = 8192
 PORTAL = "/.gateway/"
+DEVICE_AGE = 30 * 24 * 3600  # a device cookie outlives sessions; a new boot's key voids it anyway
 REFUSAL_LINE_EVERY = 60.0
 MAX_TLS_NAMES = 20  # names the self-made certificate is made for (Caddy asks /tls-ask first)
 
@@ -182,6 +185,30 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
         def session_cookie(self) -> str | None:
             return next((v for n, v in self.cookies() if n == gateway.cookie), None)
 
+        @property
+        def device(self) -> str | None:
+            """This browser's id when it carries a device cookie this boot's guard signed."""
+            value = next((v for n, v in self.cookies() if n == f"{gateway.cookie}_device"), "")
+            device_id, _, mark = value.partition(".")
+            login = gateway.login
+            if device_id and login is not None and hmac.compare_digest(login.device_mark(device_id), mark):
+                return device_id
+            return None
+
+        @property
+        def limit_key(self) -> str:
+            """What refusals count against: the device when known and not itself waiting (a
+            co-tenant who captured the device cookie can spend its turns, not the address's),
+            else the client's address."""
+            device = self.device
+            if device and gateway.limiter.wait(f"device {device}", everyone=False) == 0:
+                return f"device {device}"
+            return self.address
+
+        def wait(self) -> float:
+            key = self.limit_key
+            return gateway.limiter.wait(key, everyone=not key.startswith("device "))
+
         # -- routing ----------------------------------------------------------------------------
         def do_GET(self) -> None:
             self._drain()
@@ -264,23 +291,23 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             scheme = scheme.lower() if credential else ""
             if scheme not in ("basic", "bearer") and bad_cookie is None:
                 return Decision("none")
-            wait = gateway.limiter.wait(self.address)
+            wait = self.wait()
             if wait > 0:
                 return Decision("wait", wait=wait, stale=bad_cookie is not None)
             if bad_cookie is not None:
                 self.count(what, f"cookie:{bad_cookie}")
             if scheme == "basic" and login.basic_ok(credential):
-                gateway.limiter.granted(self.address)
+                gateway.limiter.granted(self.limit_key)
                 return Decision("ok")
             if scheme == "bearer" and login.token_ok(credential.strip()):
-                gateway.limiter.granted(self.address)
+                gateway.limiter.granted(self.limit_key)
                 return Decision("ok")
             if scheme:
                 self.count("a wrong password" if scheme == "basic" else "a wrong Bearer token", authorization)
             return Decision("refused", stale=bad_cookie is not None)
 
         def count(self, what: str, value: str) -> None:
-            failures = gateway.limiter.refused(self.address, value)
+            failures = gateway.limiter.refused(self.limit_key, value)
             if failures is not None:  # a repeat (a stale cookie on each request of a page): one line
                 say(f"refused {what} from {self.address} ({failures} in a row)")
 
@@ -290,7 +317,7 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
                 headers["Set-Cookie"] = self.set_cookie("", 0)
             if decision.kind == "wait":
                 seconds = max(1, round(decision.wait + 0.5))
-                if gateway.limiter.first_wait_notice(self.address):
+                if gateway.limiter.first_wait_notice(self.limit_key):
                     say(f"{self.address}: too many refused logins: next check in {seconds} s")
                 headers["Retry-After"] = str(seconds)
                 if self.browser:
@@ -323,7 +350,7 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
         def open_button(self, token: str, query: list[tuple[str, str]]) -> None:
             """`?token=`: a session for this address, then the same path without the token (the
             portal for the root), on this host only."""
-            wait = gateway.limiter.wait(self.address)
+            wait = self.wait()
             rest = [(k, v) for k, v in query if k != "token"]
             path = split_uri(self.uri)[0]
             target = safe_path(f"{path}?{urlencode(rest)}" if rest else path)
@@ -337,19 +364,23 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             self.start_session("the Open button", PORTAL if target == "/" else target, 302)
 
         def start_session(self, how: str, target: str, status: int) -> None:
-            gateway.limiter.granted(self.address)
+            gateway.limiter.granted(self.limit_key)
             session = gateway.sessions.create(self.address)
             say(f"logged in from {self.address} ({how})")
-            headers = {"Location": target, "Set-Cookie": self.set_cookie(session, MAX_AGE)}
-            self.reply(status, b"", headers=headers)
+            device = self.device or secrets.token_urlsafe(16)
+            marked = f"{device}.{gateway.login.device_mark(device)}"
+            cookies = [self.set_cookie(session, MAX_AGE), self.set_cookie(marked, DEVICE_AGE, "_device")]
+            self.reply(status, b"", headers={"Location": target, "Set-Cookie": cookies})
 
-        def set_cookie(self, value: str, max_age: int) -> str:
+        def set_cookie(self, value: str, max_age: int, suffix: str = "") -> str:
             secure = "; Secure" if self.https else ""
-            return f"{gateway.cookie}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+            name = gateway.cookie + suffix
+            return f"{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
 
         def app_cookies(self) -> dict[str, str]:
-            """The request's cookies without the session's, for the app behind."""
-            kept = "; ".join(f"{n}={v}" for n, v in self.cookies() if n != gateway.cookie)
+            """The request's cookies without the gateway's (session, device), for the app behind."""
+            ours = (gateway.cookie, f"{gateway.cookie}_device")
+            kept = "; ".join(f"{n}={v}" for n, v in self.cookies() if n not in ours)
             return {"X-Gateway-Cookie": kept} if kept else {}
 
         # -- the gateway's own pages ------------------------------------------------------------
@@ -364,7 +395,7 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
                 return
             form = self.form()
             next_path = safe_path(form.get("next", PORTAL))
-            wait = gateway.limiter.wait(self.address)
+            wait = self.wait()
             if wait > 0:
                 self.refuse(Decision("wait", wait=wait), next_path)
                 return
@@ -448,8 +479,9 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", f"{content_type}; charset=utf-8")
             if content_type == "text/html":
                 self.send_header("X-Frame-Options", "DENY")  # no other site frames the login
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
+            for name, values in (headers or {}).items():
+                for value in [values] if isinstance(values, str) else values:
+                    self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":

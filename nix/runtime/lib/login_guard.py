@@ -11,6 +11,9 @@
   guesses than that. A good login clears its address; FORGET_AFTER seconds without a refusal
   forget it. The same wrong value sent again (a stale cookie on every request of a page, a
   script with an old password) is one refusal, not one per request: it teaches nothing new.
+- Device cookies: a browser that logged in once in this boot carries a signed mark; its later
+  logins are limited on their own, not by its address's count nor the count across addresses,
+  so a guesser sharing the address (a tunnel, an office) cannot keep a returning user out.
 - `Sessions`: a login (the form or the Open button) makes a random session id, bound to the
   client address it was made for (a co-tenant who captures the cookie cannot use it from his
   own address), valid on every port of this container, ended by logout, by MAX_AGE, or by a new
@@ -67,6 +70,10 @@ class Login:
     def token_ok(self, token: str) -> bool:
         return self.token_digest is not None and hmac.compare_digest(self._mac(token), self.token_digest)
 
+    def device_mark(self, device_id: str) -> str:
+        """The signature on a device cookie: only this boot's guard can make one."""
+        return self._mac(f"device:{device_id}")[:32]
+
     def basic_ok(self, encoded: str) -> bool:
         try:
             user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
@@ -114,16 +121,17 @@ class Limiter:
         self.lock = threading.Lock()
         self.clients: dict[str, Client] = {}
 
-    def wait(self, address: str) -> float:
-        """Seconds before a guess from this address is checked (0: now)."""
+    def wait(self, address: str, everyone: bool = True) -> float:
+        """Seconds before a guess from this address (or device) is checked (0: now);
+        everyone=False leaves the limit across all addresses out (a known device's login)."""
         now = self.clock()
         with self.lock:
             self._forget(now)
             own = self.clients.get(address)
-            everyone = self.clients.get(EVERYONE)
+            all_of_them = self.clients.get(EVERYONE) if everyone else None
             return max(
                 own.wait(now, FREE_FAILURES, MAX_WAIT) if own else 0.0,
-                everyone.wait(now, GLOBAL_FREE, GLOBAL_MAX_WAIT) if everyone else 0.0,
+                all_of_them.wait(now, GLOBAL_FREE, GLOBAL_MAX_WAIT) if all_of_them else 0.0,
             )
 
     def refused(self, address: str, value: str) -> int | None:
