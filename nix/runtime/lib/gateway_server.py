@@ -28,6 +28,7 @@ import secrets
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -71,7 +72,7 @@ def split_uri(uri: str) -> tuple[str, str]:
 def safe_path(target: str) -> str:
     """A local path to send the browser to, never another host: leading slashes and backslashes
     collapse to one (//host/x -> /host/x), so nothing can read as a host or a scheme."""
-    path, _, query = (target or "/").partition("#")[0].partition("?")
+    path, query = split_uri(target or "/")
     path = "/" + path.lstrip("/\\")
     return f"{path}?{query}" if query else path
 
@@ -127,12 +128,14 @@ class Gateway:
         )
 
 
+@dataclass(frozen=True)
 class Decision:
     """The outcome of looking at a request's credentials."""
 
-    def __init__(self, kind: str, wait: float = 0.0, session: str | None = None, stale: bool = False):
-        self.kind = kind  # "ok", "none" (nothing offered), "refused", "wait"
-        self.wait, self.session, self.stale = wait, session, stale
+    kind: str  # "ok", "none" (nothing offered), "refused", "wait"
+    wait: float = 0.0  # seconds, for "wait"
+    session: str | None = None  # the session that let it in
+    stale: bool = False  # it carried a session cookie that is no good: the browser should drop it
 
 
 def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
@@ -174,12 +177,13 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             return "Sec-Fetch-Mode" in self.headers or "text/html" in accept
 
         def cookies(self) -> list[tuple[str, str]]:
+            """(name, value) of every cookie sent; a part without "=" is a value without name."""
             pairs = []
             for header in self.headers.get_all("Cookie") or []:
                 for part in header.split(";"):
                     name, sep, value = part.strip().partition("=")
-                    if sep:
-                        pairs.append((name, value))
+                    if part.strip():
+                        pairs.append((name, value) if sep else ("", name))
             return pairs
 
         def session_cookie(self) -> str | None:
@@ -380,7 +384,7 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
         def app_cookies(self) -> dict[str, str]:
             """The request's cookies without the gateway's (session, device), for the app behind."""
             ours = (gateway.cookie, f"{gateway.cookie}_device")
-            kept = "; ".join(f"{n}={v}" for n, v in self.cookies() if n not in ours)
+            kept = "; ".join(f"{n}={v}" if n else v for n, v in self.cookies() if n not in ours)
             return {"X-Gateway-Cookie": kept} if kept else {}
 
         # -- the gateway's own pages ------------------------------------------------------------
