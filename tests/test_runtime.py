@@ -310,6 +310,8 @@ def test_admin_admin_works_only_when_set(start):
 def test_enable_auth_false_opens_the_ports_with_a_warning(start):
     runtime = start(ENABLE_AUTH="false")
     assert get(runtime, "sdnext").status_code == 200
+    assert get(runtime, "ttyd", "/.gateway/").status_code == 200  # the portal, without a login
+    assert get(runtime, "ttyd", "/.gateway/login").headers["Location"] == "/.gateway/"
     assert "WARNING: ENABLE_AUTH=false" in runtime.console
 
 
