@@ -144,7 +144,7 @@ SIBLINGS = {8010, 7010, 7020, 7030}
 
 def judge(method: str, host: str = "203.0.113.5:8010", **headers: str):
     headers = {k.replace("_", "-"): v for k, v in headers.items()}
-    return gateway_origin.judge(method, headers, host, SIBLINGS).allowed
+    return gateway_origin.judge(method, headers, [host], SIBLINGS).allowed
 
 
 def test_unsafe_requests_and_websockets_need_this_containers_own_origin():

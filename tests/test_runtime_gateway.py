@@ -452,6 +452,11 @@ def test_behind_trusted_proxies_the_forwarded_address_counts_and_only_theirs(sta
     # An address that is not a trusted proxy cannot claim to forward for the user.
     assert send(runtime, "sdnext", headers=via_proxy | {"Cookie": cookie}, source="127.0.0.2").status == 401
     wait_for(lambda: "made for 198.51.100.7 from 198.51.100.8" in log_text(runtime, "guard"), 10)
+    # A tunnel that rewrites Host keeps the public name in X-Forwarded-Host: its origin is ours;
+    # a client that is not a trusted proxy cannot claim one.
+    tunnel = {"X-Forwarded-Host": "sd.example.com", "Origin": "https://sd.example.com", "Cookie": cookie}
+    assert send(runtime, "sdnext", "POST", "/x", via_proxy | tunnel, b"a").status == 200
+    assert send(runtime, "sdnext", "POST", "/x", via_proxy | tunnel, b"a", source="127.0.0.2").status == 403
     # A TLS tunnel in front says so; the cookie is then Secure (a client's own claim is ignored).
     assert (
         "; Secure"

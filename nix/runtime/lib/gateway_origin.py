@@ -59,13 +59,16 @@ def is_own_origin(origin: str, host: str, sibling_ports: Collection[int]) -> boo
     return origin_port == own_port or origin_port in sibling_ports
 
 
-def judge(method: str, headers: Mapping[str, str], host: str, sibling_ports: Collection[int]) -> Verdict:
-    """May this request reach an app (or the gateway's own pages) with the user's login?"""
+def judge(
+    method: str, headers: Mapping[str, str], hosts: Collection[str], sibling_ports: Collection[int]
+) -> Verdict:
+    """May this request reach an app (or the gateway's own pages) with the user's login?
+    `hosts`: what the request was sent to (its Host; the X-Forwarded-Host of a trusted proxy)."""
     method = method.upper()
     websocket = headers.get("Upgrade", "").lower() == "websocket"
     origin = headers.get("Origin")
     if origin is not None:
-        if origin != "null" and is_own_origin(origin, host, sibling_ports):
+        if origin != "null" and any(is_own_origin(origin, host, sibling_ports) for host in hosts):
             return Verdict(True)
         return Verdict(False, f"Origin {origin[:100]} is not this container")
     site = headers.get("Sec-Fetch-Site", "").lower()

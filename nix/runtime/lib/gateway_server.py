@@ -238,7 +238,10 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             if not self.checking and path == "/.gateway/unavailable":
                 self.unavailable()  # Caddy's error route: the service's own port is not answering
                 return
-            verdict = judge(self.method, self.headers, self.headers.get("Host", ""), gateway.sibling_ports)
+            # Caddy sets X-Forwarded-Host to the Host it got, unless a TRUSTED_PROXIES proxy
+            # sent one (a tunnel that rewrites Host on the way keeps the public name there).
+            hosts = [h for h in (self.headers.get("Host"), self.headers.get("X-Forwarded-Host")) if h]
+            verdict = judge(self.method, self.headers, hosts, gateway.sibling_ports)
             if not verdict.allowed:
                 unsaid = gateway.worth_a_line(f"{self.address} {verdict.reason}")
                 if unsaid is not None:
