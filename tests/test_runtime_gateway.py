@@ -22,7 +22,7 @@ import pytest
 from .conftest import blob
 from .fakes.cdn import Fault
 from .fakes.server import TLS_KEY, TLS_TRUST
-from .runtime_harness import PROXIED, listening, missing_runtime_tool, runtime_starter
+from .runtime_harness import PROXIED, listening, make_runtime, missing_runtime_tool, runtime_starter
 from .test_runtime import PASSWORD, TOKEN, log_text, wait_for
 
 
@@ -468,3 +468,10 @@ def form_login_via(runtime, headers: dict) -> Answer:
     body = urlencode({"username": "admin", "password": PASSWORD, "next": "/"}).encode()
     extra = {"Content-Type": "application/x-www-form-urlencoded", "Origin": origin(runtime, "sdnext")}
     return send(runtime, "sdnext", "POST", "/.gateway/login", headers | extra, body)
+
+
+def test_trusted_proxies_that_are_not_addresses_stop_init_naming_the_value(tmp_path):
+    runtime = make_runtime(tmp_path / "c", {"PASSWORD": PASSWORD, "TRUSTED_PROXIES": "10.0.0.0/8 cloudflare"})
+    runtime.start()
+    assert runtime.process.wait(timeout=20) != 0
+    assert "TRUSTED_PROXIES: 'cloudflare' is not an address or CIDR" in runtime.console
