@@ -181,3 +181,11 @@ def test_a_known_device_is_limited_on_its_own_and_only_this_boot_can_sign_one():
         limiter.refused(f"198.51.100.{n % 10}", f"guess-{n}")
     assert limiter.wait("203.0.113.9") > 0
     assert limiter.wait("device browser-1", everyone=False) == 0
+
+
+def test_a_session_is_the_same_client_on_its_address_or_its_ipv6_64():
+    session = login_guard.Session("2001:db8:1:2:aaaa::1", 0.0)
+    assert session.used_from("2001:db8:1:2:bbbb::7")  # a new privacy address, same network
+    assert not session.used_from("2001:db8:1:3::1") and not session.used_from("203.0.113.9")
+    assert login_guard.Session("203.0.113.9", 0.0).used_from("203.0.113.9")
+    assert not login_guard.Session("203.0.113.9", 0.0).used_from("203.0.113.10")

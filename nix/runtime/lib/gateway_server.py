@@ -287,7 +287,7 @@ def handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             bad_cookie = None
             if value:
                 session = gateway.sessions.lookup(value)
-                if session is not None and session.address == self.address:
+                if session is not None and session.used_from(self.address):
                     return Decision("ok", session=value)
                 bad_cookie = value
                 what = (

@@ -15,11 +15,12 @@
   logins are limited on their own, not by its address's count nor the count across addresses,
   so a guesser sharing the address (a tunnel, an office) cannot keep a returning user out.
 - `Sessions`: a login (the form or the Open button) makes a random session id, bound to the
-  client address it was made for (a co-tenant who captures the cookie cannot use it from his
-  own address), valid on every port of this container, ended by logout, by MAX_AGE, or by a new
-  boot (init wipes the file). A session is checked before any limit: a guesser on the same
-  address (every user of a tunnel shares one) never locks out someone already logged in.
-  The file keeps only sha256 of each id, so reading it gives no usable cookie.
+  client address it was made for (an IPv6 address: its /64; a co-tenant who captures the
+  cookie cannot use it from his own address), valid on every port of this container, ended by
+  logout, by MAX_AGE, or by a new boot (init wipes the file). A session is checked before
+  any limit: a guesser on the same address (every user of a tunnel shares one) never locks out
+  someone already logged in. The file keeps only sha256 of each id, so reading it gives no
+  usable cookie.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -181,6 +183,24 @@ class Limiter:
 class Session:
     address: str
     expires: float
+
+    def used_from(self, address: str) -> bool:
+        """The same client: the same IPv4 address, or the same IPv6 /64 (a browser's IPv6
+        privacy address changes within its network's /64 every day or so; a co-tenant on the
+        host is in the host's network, not the user's)."""
+        return same_client(self.address, address)
+
+
+def same_client(first: str, second: str) -> bool:
+    try:
+        one, two = ipaddress.ip_address(first), ipaddress.ip_address(second)
+    except ValueError:
+        return first == second
+    if one.version == 6 and two.version == 6 and not (one.ipv4_mapped or two.ipv4_mapped):
+        return ipaddress.ip_network(f"{one}/64", strict=False) == ipaddress.ip_network(
+            f"{two}/64", strict=False
+        )
+    return one == two
 
 
 class Sessions:
