@@ -298,6 +298,14 @@ def test_the_login_page_a_wrong_and_a_right_password_one_session_for_every_port_
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": origin(runtime, "filebrowser")}
     right = send(runtime, "filebrowser", "POST", "/.gateway/login", headers, body)
     assert right.status == 303 and right.headers["Location"] == "/files/"
+    # Where a login sends the browser stays on this host and inside one header.
+    for target, location in (
+        ("//evil.example/x", "/evil.example/x"),
+        ("/x\r\nSet-Cookie: a=b", "/x%0D%0ASet-Cookie:%20a=b"),
+    ):
+        body_to = urlencode({"username": "renter", "password": PASSWORD, "next": target}).encode()
+        moved = send(runtime, "filebrowser", "POST", "/.gateway/login", headers, body_to)
+        assert moved.headers["Location"] == location and "a=b" not in moved.headers.get_all("Set-Cookie")
     cookie = cookie_of(right)
     assert "HttpOnly" in right.headers["Set-Cookie"] and "SameSite=Lax" in right.headers["Set-Cookie"]
     for service in PROXIED:

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves it out
 
@@ -69,12 +69,16 @@ def split_uri(uri: str) -> tuple[str, str]:
     return path, query
 
 
+URL_SAFE = "/%:@!$&'()*+,;=-._~?"  # what stays as it is in a Location; the rest is %-encoded
+
+
 def safe_path(target: str) -> str:
     """A local path to send the browser to, never another host: leading slashes and backslashes
-    collapse to one (//host/x -> /host/x), so nothing can read as a host or a scheme."""
+    collapse to one (//host/x -> /host/x), so nothing can read as a host or a scheme; control
+    characters and non-ASCII are %-encoded (a decoded form field must not split the header)."""
     path, query = split_uri(target or "/")
-    path = "/" + path.lstrip("/\\")
-    return f"{path}?{query}" if query else path
+    path = quote("/" + path.lstrip("/\\"), safe=URL_SAFE)
+    return f"{path}?{quote(query, safe=URL_SAFE)}" if query else path
 
 
 class Gateway:
