@@ -20,6 +20,7 @@ from .engine import Engine, FetchError
 from .ondisk import file_state, item_state
 from .plan import Item
 from .progress import make_progress
+from .progressfile import ProgressFile
 from .records import ItemRecords, VerifiedRecords, workspace_records
 from .report import FAILED, KEPT, OK, PLANNED, SKIPPED, ItemResult, human_size
 from .retry import RetryPolicy
@@ -232,7 +233,7 @@ def _fetch_all(
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
     expected = sum(d.expected_size or 0 for _, d in jobs)
     labels = {id(d): _shown(entry.final(d), settings.workspace) for entry, d in jobs}
-    progress = make_progress(settings.progress, expected, labels)
+    progress = ProgressFile(make_progress(settings.progress, expected, labels), settings.workspace, work)
 
     # The files of one repository run in parallel: their item's counters change under a lock.
     entry_lock = threading.Lock()

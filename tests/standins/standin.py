@@ -47,6 +47,7 @@ def record(kind: str, data: dict) -> None:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as real servers: no 40 ms wait for a delayed ACK per answer
 
     def log_message(self, *args):
         print(f"{NAME}: {self.command} {self.path}", flush=True)
@@ -60,6 +61,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if NAME == "ttyd" and self.headers.get("Upgrade", "").lower() == "websocket":
+            origin = self.headers.get("Origin")
+            if "--check-origin" in ARGS and origin and origin.split("://", 1)[-1] != self.headers.get("Host"):
+                # As ttyd's own check: the Origin's host and port must be the Host it was sent to.
+                self._reply(403, b"origin refused")
+                return
             key = self.headers.get("Sec-WebSocket-Key", "")
             accept = base64.b64encode(hashlib.sha1((key + WS_MAGIC).encode()).digest()).decode()
             self.send_response(101)
