@@ -21,6 +21,14 @@
   provision,
   sdnext,
   # The terminal's tools (web terminal and SSH): README "The container" lists them.
+  gnugrep,
+  gnused,
+  gawk,
+  findutils,
+  diffutils,
+  gnutar,
+  gzip,
+  which,
   gitMinimal,
   curl,
   wget,
@@ -52,6 +60,16 @@ let
   # The terminal's tools. gitMinimal: git without Perl, Python, PCRE2 or the manual
   # (pkgs/top-level/all-packages.nix); clone, commit, push and add -p all work.
   tools = [
+    # The basics beside coreutils; the runtime's scripts use find (provision-once) and grep
+    # (init's message for an invalid gateway config) too.
+    gnugrep
+    gnused
+    gawk
+    findutils
+    diffutils
+    gnutar
+    gzip
+    which
     gitMinimal
     curl
     wget

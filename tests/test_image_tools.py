@@ -75,6 +75,7 @@ def test_the_tools_the_readme_lists_are_on_the_images_path(image):
         assert tool in on_path or (tool == "nvtop" and "nvtop-overridden" in on_path), tool
     # What a renter reaches for first (issue 30), whatever the README says.
     wanted = "gitMinimal curl wget nano vim procps htop less tmux rsync unzip zip jq file openssh"
+    wanted += " gnugrep gnused gawk findutils diffutils gnutar gzip which"  # and what scripts use
     assert set(wanted.split()) <= on_path and "nvtop-overridden" in on_path
 
 
