@@ -137,7 +137,7 @@ def resolve(
         hash_ = extension_hash(source, sub_repo, commit, work / path.replace("/", "_"), archives)
         if hash_ is None and folder in nearest:
             instead = nearest[folder]
-            hash_ = extension_hash(source, sub_repo, instead, work / f"{folder}-nearest", archives)
+            hash_ = extension_hash(source, sub_repo, instead, work / path.replace("/", "_"), archives)
             if hash_ is None:
                 raise BumpError(
                     f"{folder}: neither {commit} (the tag's) nor {instead} (--nearest) can be had"
