@@ -61,6 +61,8 @@ class PartFile:
                 raise ValueError("size changed")
             if state.total is None or self.path.stat().st_size != state.total:
                 raise ValueError("part has the wrong length")
+            if any(a < 0 or b > state.total for a, b in state.done.spans):
+                raise ValueError("ranges outside the file")  # each would become a wrong request
             return state
         except _UNREADABLE:
             self.discard()

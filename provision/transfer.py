@@ -484,9 +484,11 @@ class Transfer:
         request: one slow CDN connection must not hold up a whole file (under self.lock).
         The cut lets both finish together. It lies past what the piece has received, and
         `_write_body` clips every read to the piece's end, so no byte is written twice; bytes
-        already on their way past the cut are sent twice, and that connection is closed."""
+        already on their way past the cut are sent twice, and that connection is closed. A
+        piece that has received nothing yet (stalled before its first byte) gives up all of it:
+        it is left empty, and its worker asks for nothing more (Ranges.missing)."""
         judged = [p for p in self.running if now - p.began >= JUDGED_AFTER]
-        if not judged:
+        if not judged or speed <= 0:  # a worker that fetched nothing has no speed to compare
             return None
         victim = max(judged, key=lambda p: (p.end - p.received) / max(p.rate(now), 1.0))
         slow = victim.rate(now)
@@ -573,10 +575,10 @@ class Transfer:
             self._write_body(response, piece.start, None, piece)
         while not self.stop.is_set():  # a server may answer with less than asked: ask for the rest
             with self.lock:
-                gaps = [g for g in self.done.gaps(piece.end) if g[1] > piece.start and g[0] < piece.end]
+                gaps = self.done.missing(piece.start, piece.end)  # none in a piece cut to nothing
                 if not gaps:
                     return
-                begin = max(piece.start, gaps[0][0])
+                begin = gaps[0][0]
                 end = min(piece.end, begin + self._request_size(piece.end - begin))
                 piece.asked = max(piece.asked, end)
             headers = {"Range": f"bytes={begin}-{end - 1}"}

@@ -349,6 +349,10 @@ def test_ranges_merge_and_gaps():
     assert ranges.spans == [[0, 20], [30, 40]]
     assert ranges.gaps(50) == [(20, 30), (40, 50)]
     assert (ranges.covered(), ranges.prefix_end()) == (30, 20)
+    # Inside a piece: never a byte outside it, never an empty range.
+    assert ranges.missing(15, 35) == [(20, 30)]
+    assert ranges.gaps(25) == [(20, 25)]
+    assert ranges.missing(25, 25) == [] and ranges.missing(32, 38) == []
 
 
 def test_space_check_counts_what_a_sparse_part_really_holds(engine, served, tmp_path, monkeypatch):
@@ -522,3 +526,55 @@ def test_asking_whether_slots_are_contended_never_waits_on_a_waiter(engine):
     slots.release()
     waiter.join(10)
     assert not waiter.is_alive()
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    """Wait for an event the test cannot be told about directly (never a timed assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def asked_ranges(cdn, path="/m.safetensors") -> list[tuple[int, int]]:
+    """Each GET's Range as (first, last) bytes."""
+    got = [
+        r.headers["range"][6:].split("-")
+        for r in cdn.seen(path)
+        if r.method == "GET" and "range" in r.headers
+    ]
+    return [(int(a), int(b) if b else -1) for a, b in got]
+
+
+def test_a_request_stalled_before_its_first_byte_is_taken_over_without_an_empty_range(
+    engine, cdn, tmp_path, monkeypatch, caplog
+):
+    # The empty-range bug (`Range: bytes=33554432-33554431`, then a retry): a piece's request
+    # that got no byte yet is judged slow, and an idle connection takes all of it over, which
+    # leaves the piece empty, [32 MiB, 32 MiB). When its first bytes arrive, its worker asked
+    # which bytes of the piece were missing; the gap before it (the first piece, still under
+    # way) reached past the piece's end, and the piece asked for nothing: bytes=N-(N-1).
+    piece = transfer.PIECE
+    monkeypatch.setattr(transfer, "TAIL_SHARE", 1)  # every request asks for its whole piece
+    monkeypatch.setattr(transfer, "JUDGED_AFTER", 0)  # judged at once: no wait for half a second
+    data = blob(2 * piece + 8 * MiB, seed=21)
+    cdn.add("/m.safetensors", data)
+    first, stalled, taken_over, last = (threading.Event() for _ in range(4))
+    cdn.fault_at("/m.safetensors", 0, Fault(stall_at=MiB, hold=first))  # under way, far from done
+    cdn.fault_at("/m.safetensors", piece, Fault(stall_at=0, hold=stalled), Fault(stall_at=0, hold=taken_over))
+    cdn.fault_at("/m.safetensors", 2 * piece, Fault(stall_at=0, hold=last))
+    caplog.set_level(logging.INFO, logger="provision")
+    eng = engine(connections=3, per_file=3, timeout=(2, 60.0))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fetched = pool.submit(eng.fetch, download(cdn, tmp_path, data=data))
+        wait_for(lambda: cdn.holds == 3, "three pieces under way, each held")
+        last.set()  # the last piece ends; its connection takes over the stalled one's request
+        wait_for(lambda: cdn.holds == 4, "the takeover's request held")
+        stalled.set()  # the stalled request's first bytes: its piece is empty now
+        wait_for(lambda: cdn.dropped == 1, "the stalled request's connection closed")
+        first.set()
+        taken_over.set()
+        assert fetched.result(timeout=60).status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
+    assert all(a <= b for a, b in asked_ranges(cdn)), asked_ranges(cdn)
+    assert "retry" not in caplog.text
