@@ -47,7 +47,7 @@ from .records import VerifiedRecords
 from .retry import GaveUp, RetryPolicy, check_status, retrying
 from .secrets import redact
 from .slots import ConnectionSlots
-from .transfer import RangeIgnored, Transfer
+from .transfer import RangeIgnored, Transfer, host
 
 log = logging.getLogger("provision")
 
@@ -112,6 +112,7 @@ class Engine:
         self._sessions: list[requests.Session] = []
         self._idle_sessions: list[requests.Session] = []  # of threads that ended
         self._idle_buffers: list[bytearray] = []
+        self._no_range: set[str] = set()  # hosts that answered a Range request with the whole file
         self.cancelled = threading.Event()
 
     def cancel(self) -> list[Path]:
@@ -199,12 +200,30 @@ class Engine:
             with self._space_lock:
                 self._reserved[device] -= need
 
+    # --- servers without Range --------------------------------------------------------------
+
+    def ignores_range(self, url: str) -> bool:
+        """Whether this URL's host answered a Range request with the whole file before: its
+        files then go as one plain request each (a Range header would only be ignored)."""
+        with self._active_lock:
+            return host(url) in self._no_range
+
+    def range_ignored(self, url: str) -> None:
+        """A Range request to this URL's host came back whole (200): said once per host."""
+        name = host(url)
+        with self._active_lock:
+            known = name in self._no_range
+            self._no_range.add(name)
+        if not known:
+            log.warning(f"{name} ignores Range: one connection per file, no resume")
+
     def _transfer(self, download: Download, progress: Progress) -> int:
         try:
-            return self._run(Transfer(self, download, progress, segmented=True))
-        except RangeIgnored as why:
-            log.warning(f"{download.dest.name}: {why or 'the server stopped honouring Range'}; starting over")
-            return self._run(Transfer(self, download, progress, segmented=False))
+            segmented = not self.ignores_range(download.url)
+            return self._run(Transfer(self, download, progress, segmented=segmented))
+        except RangeIgnored as why:  # the .part's bytes are discarded with a line saying why
+            why_not = str(why) or "the server stopped honouring Range"
+            return self._run(Transfer(self, download, progress, segmented=False, why_not=why_not))
 
     def _run(self, transfer: Transfer) -> int:
         with self._active_lock:

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import requests
 
@@ -152,11 +153,14 @@ class RangeIgnored(Exception):
 class Transfer:
     """One attempt to bring one file's `.part` up to its full, verified size."""
 
-    def __init__(self, engine: Engine, download: Download, progress: Progress, segmented: bool):
+    def __init__(
+        self, engine: Engine, download: Download, progress: Progress, segmented: bool, why_not: str = ""
+    ):
         self.engine = engine
         self.download = download
         self.progress = progress
         self.segmented = segmented
+        self.why_not = why_not  # why not segmented, when a segmented try gave up on ranges
         self.partfile = PartFile(download.dest, download.identity)
         self.part = self.partfile.path
         self.lock = threading.Lock()
@@ -178,6 +182,9 @@ class Transfer:
     # -- state of the .part ----------------------------------------------------------------
 
     def _load_state(self) -> None:
+        if not self.segmented and self.partfile.path.exists() and not self.engine.force:
+            lost = self.partfile.load(self.download.size).done.covered()
+            self._starting_over(lost, self.why_not or f"{host(self.download.url)} ignores Range")
         if not self.segmented or not self.partfile.path.exists() or self.engine.force:
             self._discard()
             return
@@ -186,6 +193,12 @@ class Transfer:
             self._discard()
             return
         self.total, self.validator, self.done = state.total, state.validator, state.done
+
+    def _starting_over(self, lost: int, why: str) -> None:
+        """Bytes on disk that cannot be resumed are thrown away with a line that says so."""
+        if lost:
+            name = self.download.dest.name
+            log.warning(f"{name}: starting over from byte 0 ({why}); {_mib(lost)} on disk discarded")
 
     def _discard(self) -> None:
         with self.lock:
@@ -327,13 +340,18 @@ class Transfer:
             raise
         try:
             # 200: the whole file from byte 0 (no ranges, or If-Range said it changed).
-            if "If-Range" in headers:
+            changed = "If-Range" in headers and validator(response) != self.validator
+            if "Range" in headers and not changed:
+                self.engine.range_ignored(self.download.url)
+            if changed:
                 log.warning(
                     f"{self.download.dest.name}: the file changed on the server since the partial "
                     "download (If-Range); starting over from byte 0"
                 )
-            elif "Range" in headers and self.done.covered():
-                log.warning(f"{self.download.dest.name}: the server ignored Range; starting over from byte 0")
+            else:  # a stream broken off on a server without Range, or a .part from a run with it
+                name = host(self.download.url)
+                why = f"{name} ignores Range" if self.engine.ignores_range(self.download.url) else "no Range"
+                self._starting_over(self.done.covered(), why)
             self._discard()
             self.segmented = False
             length = response.headers.get("Content-Length")
@@ -589,6 +607,7 @@ class Transfer:
                 response.close()
                 if "If-Range" in headers:  # a 200 to If-Range: the validator no longer matches
                     raise RangeIgnored("the file changed on the server during the download (If-Range)")
+                self.engine.range_ignored(self.download.url)
                 raise RangeIgnored("the server stopped honouring Range")
             if content_range_total(response) != self.total:
                 response.close()
@@ -649,6 +668,12 @@ def validator(response: requests.Response) -> str | None:
     if etag and not etag.startswith("W/"):
         return etag
     return response.headers.get("Last-Modified")
+
+
+def host(url: str) -> str:
+    """host[:port] of a URL, without the user and password a URL may carry."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def _mib(n: int) -> str:

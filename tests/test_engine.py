@@ -578,3 +578,62 @@ def test_a_request_stalled_before_its_first_byte_is_taken_over_without_an_empty_
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
     assert all(a <= b for a, b in asked_ranges(cdn)), asked_ranges(cdn)
     assert "retry" not in caplog.text
+
+
+def named(cdn, tmp_path, name: str, data: bytes) -> Download:
+    return Download(
+        url=f"{cdn.url}/{name}",
+        dest=tmp_path / "models" / name,
+        size=len(data),
+        checksum=Checksum("sha256", sha256(data)),
+        identity=f"test:{name}",
+    )
+
+
+def test_a_host_that_ignores_range_is_named_once_and_gets_one_plain_request_per_file(
+    engine, cdn, tmp_path, caplog
+):
+    # As olah (a Hugging Face mirror) offline: every answer is the whole file, chunked, no
+    # Content-Length. b.bin has 3 MiB on disk from an earlier run, when the server did ranges.
+    files = {name: blob(SIZE, seed=30 + n) for n, name in enumerate(["a.bin", "b.bin", "c.bin"])}
+    for name, data in files.items():
+        cdn.add(f"/{name}", data)
+    cdn.fault("/b.bin", Fault(close_at=3 * MiB))
+    with pytest.raises(FetchError):
+        engine(retry=RetryPolicy(attempts=1), per_file=1).fetch(named(cdn, tmp_path, "b.bin", files["b.bin"]))
+    assert (tmp_path / "models" / "b.bin.part.state").exists()
+    for served in cdn.files.values():
+        served.ignore_range = served.chunked = True
+    cdn.requests.clear()
+    cdn.body_bytes = 0
+    caplog.set_level(logging.INFO, logger="provision")
+    eng = engine()
+    for name, data in files.items():
+        assert eng.fetch(named(cdn, tmp_path, name, data)).status == "ok"
+        assert sha256((tmp_path / "models" / name).read_bytes()) == sha256(data)
+    host = cdn.url.split("//")[1]
+    assert caplog.text.count(f"{host} ignores Range: one connection per file, no resume") == 1
+    assert caplog.text.count("ignores Range: one") == 1
+    assert f"b.bin: starting over from byte 0 ({host} ignores Range); 3 MiB on disk discarded" in caplog.text
+    assert "If-Range" not in caplog.text, "not taken for a changed file"
+    got = [(r.path, "range" in r.headers, "if-range" in r.headers) for r in cdn.requests]
+    # Once known, no Range is sent at all: one plain request per file, no bytes wasted.
+    assert got == [("/a.bin", True, False), ("/b.bin", False, False), ("/c.bin", False, False)]
+    assert cdn.body_bytes == sum(map(len, files.values()))
+    assert sorted(on_disk(tmp_path)) == sorted(files)
+
+
+def test_a_stream_broken_off_on_a_host_without_range_starts_over_with_a_line_saying_so(
+    engine, cdn, tmp_path, caplog
+):
+    cdn.add("/m.safetensors", DATA, ignore_range=True, chunked=True)
+    cdn.fault("/m.safetensors", Fault(close_at=2 * MiB))
+    caplog.set_level(logging.INFO, logger="provision")
+    assert engine().fetch(download(cdn, tmp_path)).status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(DATA)
+    host = cdn.url.split("//")[1]
+    assert caplog.text.count("ignores Range: one connection per file") == 1
+    assert f"m.safetensors: starting over from byte 0 ({host} ignores Range); 2 MiB on disk discarded" in (
+        caplog.text
+    )
+    assert len(cdn.requests) == 2 and cdn.body_bytes == SIZE + 2 * MiB

@@ -40,6 +40,7 @@ class Served:
     etag: str | None = None
     ranges: bool = True
     ignore_range: bool = False  # always, not per request
+    chunked: bool = False  # a whole-file answer is chunked, without Content-Length (as olah's)
     wrong_bytes: bool = False  # flips one byte in the middle of every answer
     headers: dict = field(default_factory=dict)
     content_disposition: str | None = None
@@ -111,7 +112,9 @@ class FakeCDN(FakeServer):
                 status = 206
                 start, end = min(start + fault.shift, total - 1), min(end + fault.shift, total - 1)
                 end = max(start, end - fault.shorten)
-        headers = {"Content-Length": str(end - start + 1), "Content-Type": "application/octet-stream"}
+        chunked = served.chunked and status == 200
+        length = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(end - start + 1)}
+        headers = {**length, "Content-Type": "application/octet-stream"}
         if served.ranges:
             headers["Accept-Ranges"] = "bytes"
         if served.etag:
@@ -135,15 +138,15 @@ class FakeCDN(FakeServer):
         h.end_headers()
         if h.command == "HEAD":
             return
-        self._send(h, data[start : end + 1], fault)
+        self._send(h, data[start : end + 1], fault, chunked)
 
-    def _send(self, h: Handler, body: bytes, fault: Fault) -> None:
+    def _send(self, h: Handler, body: bytes, fault: Fault, chunked: bool = False) -> None:
         with self.lock:
             self.active_sends += 1
         try:
             if self.gate is not None:
                 self.gate.wait(60)
-            self._send_body(h, body, fault)
+            self._send_body(h, body, fault, chunked)
         except (BrokenPipeError, ConnectionResetError):
             with self.lock:
                 self.dropped += 1
@@ -157,7 +160,7 @@ class FakeCDN(FakeServer):
         while self.active_sends and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def _send_body(self, h: Handler, body: bytes, fault: Fault) -> None:
+    def _send_body(self, h: Handler, body: bytes, fault: Fault, chunked: bool) -> None:
         sent, step = 0, 64 * 1024
         began = time.monotonic()
         while sent < len(body):
@@ -183,7 +186,7 @@ class FakeCDN(FakeServer):
                 if limit is not None and limit > sent:
                     stop = min(stop, limit)
             chunk = body[sent : min(sent + step, stop)]
-            h.wfile.write(chunk)
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             sent += len(chunk)
             with self.lock:
                 self.body_bytes += len(chunk)
@@ -191,6 +194,8 @@ class FakeCDN(FakeServer):
                 ahead = sent / rate - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)
+        if chunked:
+            h.wfile.write(b"0\r\n\r\n")
 
     @staticmethod
     def _end(h: Handler, reset: bool) -> None:
