@@ -39,6 +39,7 @@ from pathlib import Path
 
 import requests
 
+from . import transfer as transfer_module
 from .download import Download, FetchError
 from .hashing import hash_file
 from .http import UnsafeRedirect, new_session
@@ -98,7 +99,8 @@ class Engine:
         self.records = records
         self.slots = ConnectionSlots(connections)
         self.per_file = max(1, min(per_file, connections))
-        self._priorities = itertools.count()
+        self._priorities = itertools.count()  # slot order: files in the order they started ...
+        self._small_first = itertools.count(-(2**62))  # ... after every file smaller than a piece
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.verify = verify
@@ -199,6 +201,16 @@ class Engine:
         finally:
             with self._space_lock:
                 self._reserved[device] -= need
+
+    def priority(self, download: Download) -> int:
+        """A new transfer's place in the queue for connections (lower goes first). A file
+        smaller than one piece needs one connection for moments: it goes before every bigger
+        one, whose workers hand their connection over between pieces (Transfer._piece_worker),
+        so it never waits for a big file to end (two 1.7 MiB files took 12 s each behind a
+        2 GiB and a 1 GiB one)."""
+        size = download.expected_size
+        small = size is not None and size < transfer_module.PIECE
+        return next(self._small_first if small else self._priorities)
 
     # --- servers without Range --------------------------------------------------------------
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 
 class ConnectionSlots:
-    """The global cap on connections, granted earliest-started file first.
+    """The global cap on connections, granted by priority: files smaller than a piece first,
+    then the earliest-started file (Engine.priority).
 
     A plain semaphore hands slots to whichever thread asks first, so five files share sixteen
     connections evenly and the biggest one finishes last, alone. Granting by file order (and
@@ -46,6 +47,11 @@ class ConnectionSlots:
         lock, and `acquire` calls `on_wait` (which takes that lock) while holding this one. A
         stale answer only changes a request's size."""
         return any(priority != besides for priority, _ in list(self.waiting))
+
+    def wanted_before(self, priority: int) -> bool:
+        """Someone who goes before `priority` waits for a slot: a worker holding one hands it
+        over between pieces. Read without the lock, as `contended`."""
+        return any(waiting < priority for waiting, _ in list(self.waiting))
 
     def release(self) -> None:
         with self.condition:

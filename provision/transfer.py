@@ -175,7 +175,7 @@ class Transfer:
         self.errors: list[BaseException] = []
         self.announced = False
         self.hasher = PrefixHasher(self)
-        self.priority = next(engine._priorities)
+        self.priority = engine.priority(download)
         # The first 206 answer, handed to the piece workers with its connection slot held.
         self.prefetched: tuple[int, int, requests.Response] | None = None
 
@@ -533,19 +533,25 @@ class Transfer:
             and piece.end - piece.start < CONTENDED_PIECE
             and sum(p.end - p.start for p in self.queue[1:]) >= keep
             and self.engine.slots.contended(self.priority)
+            and not self.engine.slots.wanted_before(self.priority)  # it gets this slot at the piece's end
         ):
             piece.end = self.queue.pop(0).end
         return piece
 
     def _piece_worker(self, piece: Piece | None) -> None:
         """Take pieces until none is left, holding a connection slot from one to the next (not
-        through a retry's backoff): a piece is claimed, or stolen, only with a slot in hand."""
+        through a retry's backoff, nor while a file that goes first waits for one: then it is
+        handed over and taken again in turn): a piece is claimed, or stolen, only with a slot
+        in hand."""
         holding = False
         finished = None
         yield_to_hashing()
         try:
             while not self.stop.is_set():
                 if piece is None:
+                    if holding and self.engine.slots.wanted_before(self.priority):
+                        self._give_slot()  # between pieces: a smaller or earlier file goes first
+                        holding = False
                     if not holding:
                         self._take_slot()
                         holding = True

@@ -479,7 +479,7 @@ def test_while_another_file_waits_for_a_connection_requests_are_fewer_and_longer
     piece = transfer.PIECE
     data = blob(5 * piece, seed=15)
     cdn.add("/m.safetensors", data)
-    other = blob(1_000_000, seed=14)
+    other = blob(piece, seed=14)  # not smaller than a piece: it waits its turn
     cdn.add("/other.bin", other)
     cdn.gate = threading.Event()  # the first body waits until the second file waits for a slot
     eng = engine(connections=1, per_file=1)
@@ -637,3 +637,33 @@ def test_a_stream_broken_off_on_a_host_without_range_starts_over_with_a_line_say
         caplog.text
     )
     assert len(cdn.requests) == 2 and cdn.body_bytes == SIZE + 2 * MiB
+
+
+def test_a_file_smaller_than_a_piece_gets_the_next_connection_a_big_file_frees(
+    engine, cdn, tmp_path, monkeypatch
+):
+    # A big file holds every connection (two, each on a piece the server holds). A small file
+    # starts and waits. The first piece to end hands its connection to the small file: its
+    # request reaches the server before the big file's next piece is asked for (it used to
+    # wait until the big file had no piece left: 12 s for a 1.7 MiB file in the issue).
+    monkeypatch.setattr(transfer, "PIECE", MiB)  # eight pieces, and a small file below one
+    big, small = blob(8 * MiB, seed=40), blob(300_000, seed=41)
+    cdn.add("/big.bin", big)
+    cdn.add("/small.bin", small)
+    first, second = threading.Event(), threading.Event()
+    cdn.fault_at("/big.bin", 0, Fault(stall_at=0, hold=first))
+    cdn.fault_at("/big.bin", MiB, Fault(stall_at=0, hold=second))
+    eng = engine(connections=2, per_file=2, timeout=(2, 60.0))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        fetched_big = pool.submit(eng.fetch, named(cdn, tmp_path, "big.bin", big))
+        wait_for(lambda: cdn.holds == 2, "both connections on the big file")
+        fetched_small = pool.submit(eng.fetch, named(cdn, tmp_path, "small.bin", small))
+        wait_for(lambda: eng.slots.waiting, "the small file waiting for a connection")
+        first.set()  # the big file's first piece ends
+        wait_for(lambda: len(cdn.requests) > 2, "the next request")
+        second.set()
+        assert (fetched_big.result(60).status, fetched_small.result(60).status) == ("ok", "ok")
+    order = [(r.path, r.headers.get("range")) for r in cdn.requests]
+    assert order[2][0] == "/small.bin", order
+    assert sha256((tmp_path / "models" / "big.bin").read_bytes()) == sha256(big)
+    assert sha256((tmp_path / "models" / "small.bin").read_bytes()) == sha256(small)
