@@ -54,7 +54,8 @@ log = logging.getLogger("provision")
 
 MiB = 1024 * 1024
 DISK_MARGIN = 64 * MiB
-READ_SIZE = 1024 * 1024  # bytes read from a socket at a time
+READ_SIZE = 1024 * 1024  # bytes read from a socket at a time, at most
+BUFFERS = 16 * MiB  # all the read buffers of a run at the ceiling: 64 connections read 256 KiB
 NO_RETRY = {401: "unauthorised", 403: "forbidden", 404: "not found", 410: "gone"}
 
 
@@ -95,9 +96,12 @@ class Engine:
         verify: bool = False,
         force: bool = False,
         session_factory: Callable[[], requests.Session] = new_session,
+        adaptive: bool = True,
     ):
         self.records = records
-        self.slots = ConnectionSlots(connections)
+        self.slots = ConnectionSlots(connections, adaptive=adaptive)
+        # Memory stays flat at any ceiling: a megabyte a read up to 16 connections, less above.
+        self.read_size = max(256 * 1024, min(READ_SIZE, BUFFERS // max(1, connections)))
         self.per_file = max(1, min(per_file, connections))
         self._priorities = itertools.count()  # slot order: files in the order they started ...
         self._small_first = itertools.count(-(2**62))  # ... after every file smaller than a piece
@@ -270,7 +274,7 @@ class Engine:
         buffer = getattr(self._local, "buffer", None)
         if buffer is None:
             with self._active_lock:
-                buffer = self._idle_buffers.pop() if self._idle_buffers else bytearray(READ_SIZE)
+                buffer = self._idle_buffers.pop() if self._idle_buffers else bytearray(self.read_size)
             self._local.buffer = buffer
         return buffer
 
@@ -304,10 +308,16 @@ class Engine:
             )
         except UnsafeRedirect as err:
             raise FetchError(f"{redact(download.url)}: {err}") from None
+        except requests.exceptions.ConnectionError as err:
+            if isinstance(err, requests.exceptions.ConnectTimeout) or "refused" in str(err).lower():
+                self.slots.pushed_back(host(download.url))  # too many connections for it, maybe
+            raise
         status = response.status_code
         if status < 300:
             return response
         response.close()
+        if status in (429, 503):  # the server wants fewer requests at once
+            self.slots.pushed_back(host(download.url))
         if status == 416:
             raise RangeIgnored("the server refused the range (416)")  # an empty or shorter file
         check_status(response)

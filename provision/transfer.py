@@ -176,6 +176,7 @@ class Transfer:
         self.announced = False
         self.hasher = PrefixHasher(self)
         self.priority = engine.priority(download)
+        self.host = host(download.url)  # whose connection limit this file's requests count against
         # The first 206 answer, handed to the piece workers with its connection slot held.
         self.prefetched: tuple[int, int, requests.Response] | None = None
 
@@ -257,14 +258,14 @@ class Transfer:
     # -- connection slots: the engine's cap, and whether this file is waiting for one -------------
 
     def _take_slot(self) -> None:
-        waited = self.engine.slots.acquire(self.priority, on_wait=self._blocked)
+        waited = self.engine.slots.acquire(self.priority, on_wait=self._blocked, host=self.host)
         with self.lock:
             self.blocked -= waited
             self.connections += 1
         self._show_waiting(False)
 
     def _give_slot(self) -> None:
-        self.engine.slots.release()
+        self.engine.slots.release(self.host)
         with self.lock:
             self.connections -= 1
             idle = self.connections == 0 and self.blocked > 0
@@ -409,6 +410,7 @@ class Transfer:
                     self.done.add(offset - n, offset)
                     self.transferred += n
                 self.progress.advance(self.download, n)
+                self.engine.slots.received(self.host, n)
                 self.hasher.wrote(offset - n, view[:n])
                 self._save_state()
             limit = self._limit(end, piece)

@@ -667,3 +667,75 @@ def test_a_file_smaller_than_a_piece_gets_the_next_connection_a_big_file_frees(
     assert order[2][0] == "/small.bin", order
     assert sha256((tmp_path / "models" / "big.bin").read_bytes()) == sha256(big)
     assert sha256((tmp_path / "models" / "small.bin").read_bytes()) == sha256(small)
+
+
+def test_a_host_link_adds_connections_while_the_rate_rises_and_backs_off_when_it_stops():
+    from provision.slots import HOLD, START, WINDOW, HostLink
+
+    link, now = HostLink(ceiling=64, now=0.0), 0.0
+
+    def window(rate: float, in_use: int | None = None) -> int:
+        """One window of traffic at `rate` bytes/s, every connection busy and more wanted."""
+        nonlocal now
+        link.in_use = link.limit if in_use is None else in_use
+        link.wanted = True
+        now += WINDOW
+        link.received(int(rate * WINDOW), now)
+        return link.limit
+
+    per_connection = 10 * MiB  # a per-connection cap: the rate grows with every connection
+    assert link.limit == START
+    assert window(START * per_connection) == 2 * START  # on trial
+    assert window(2 * START * per_connection) == 4 * START  # it paid: kept, and another raise
+    assert window(4 * START * per_connection) == 64  # the ceiling
+    assert window(64 * per_connection) == 64
+    # The link is full now: a raise that brings no more is taken back, and held.
+    link.limit, link.before = 32, None
+    assert window(300 * MiB) == 64
+    assert window(300 * MiB) == 32, "no rise: back to the limit before"
+    assert window(300 * MiB) == 32 and window(300 * MiB) == 32, "held"
+    now += HOLD
+    assert window(300 * MiB) == 64, "tried again after HOLD"
+    # A burst of refusals while trying: back to the limit before, once.
+    link.pushed_back(now)
+    link.pushed_back(now + 0.1)
+    assert link.limit == 32
+    # Otherwise one fewer per refusal than were in use when the burst began.
+    now += WINDOW
+    link.in_use = 12
+    for n in range(5):
+        link.pushed_back(now + n * 0.1)
+    assert link.limit == 7
+
+
+def test_connections_follow_a_per_connection_cap_up_to_the_ceiling(engine, cdn, tmp_path, monkeypatch):
+    # Each connection gets 1 MiB/s (a CDN's cap): the host starts with START connections and
+    # gets more as the rate rises with them, up to the ceiling, never past it.
+    from provision.slots import START
+
+    monkeypatch.setattr(transfer, "PIECE", MiB)
+    data = blob(40 * MiB, seed=50)
+    cdn.add("/m.safetensors", data)
+    cdn.rate = MiB
+    eng = engine(connections=24, per_file=24, timeout=(2, 10.0))
+    assert eng.fetch(download(cdn, tmp_path, data=data)).status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
+    assert START < cdn.peak_sends <= 24
+    assert eng.slots.limit(cdn.url.split("//")[1]) > START, "raised, and kept"
+
+
+def test_a_server_that_limits_connections_per_client_gets_no_more_and_no_errors(
+    engine, cdn, tmp_path, monkeypatch, caplog
+):
+    # nginx `limit_conn 4`: a fifth request at once gets 503. The refusals halve the host's
+    # limit; the refused pieces are retried within it; the download ends without an error.
+    monkeypatch.setattr(transfer, "PIECE", MiB)
+    data = blob(24 * MiB, seed=51)
+    cdn.add("/m.safetensors", data)
+    cdn.rate, cdn.max_sends = 4 * MiB, 4
+    caplog.set_level(logging.INFO, logger="provision")
+    eng = engine(connections=32, per_file=32, timeout=(2, 10.0))
+    assert eng.fetch(download(cdn, tmp_path, data=data)).status == "ok"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
+    assert 0 < cdn.refused <= 8, "one burst of refusals, then within the limit"
+    assert eng.slots.limit(cdn.url.split("//")[1]) <= 4

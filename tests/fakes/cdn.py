@@ -56,6 +56,9 @@ class FakeCDN(FakeServer):
     require_header: tuple[str, str] | None = None
     active_sends: int = 0  # bodies being sent right now (a killed client's may linger)
     holds: int = 0  # bodies that have stopped at a fault's `hold` so far
+    peak_sends: int = 0  # the most bodies sent at once
+    max_sends: int | None = None  # nginx limit_conn: a request beyond this many bodies gets 503
+    refused: int = 0  # requests answered 503 for max_sends
     dropped: int = 0  # bodies the client closed before their end
     reject_authorization: bool = True  # presigned storage answers 400 to an Authorization header
     gate: threading.Event | None = None  # when set up, bodies wait until it is set (headers go first)
@@ -89,6 +92,12 @@ class FakeCDN(FakeServer):
             queue = self.faults.get(path) or []
             at = self.faults_at.get((path, int(asked[1]))) if asked else None
             fault = at.pop(0) if at else queue.pop(0) if queue else Fault()
+        with self.lock:
+            over = self.max_sends is not None and self.active_sends >= self.max_sends
+            self.refused += over
+        if over:
+            h.reply(503, b"limit_conn")
+            return
         if fault.status:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             h.reply(fault.status, b"fault", headers)
@@ -143,6 +152,7 @@ class FakeCDN(FakeServer):
     def _send(self, h: Handler, body: bytes, fault: Fault, chunked: bool = False) -> None:
         with self.lock:
             self.active_sends += 1
+            self.peak_sends = max(self.peak_sends, self.active_sends)
         try:
             if self.gate is not None:
                 self.gate.wait(60)
