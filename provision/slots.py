@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-START = 8  # connections a host starts with: enough for an uncapped link, modest for a server
+START = 16  # connections a host starts with: the fixed count before, enough for an uncapped link
 WINDOW = 1.0  # seconds of traffic the rate of a host is measured over
 RISE = 1.15  # more connections are kept only when they raise the rate by this factor
 HOLD = 10.0  # seconds a host's limit stays put after it stopped rising or the server pushed back
