@@ -13,15 +13,15 @@ In the same run it measures:
 - aria2c's usual recipe (-j 5 -x 16 -s 16: up to 16 connections per file, 5 files at once),
   and with provision's connection budget both ways (-j 2 -x N/2 -s N/2 and -j 1 -x N -s N);
 - curl, one file after another, one stream each (what the earlier images did);
-- huggingface_hub's hf_hub_download, one file after another, against the same server
-  speaking the Hub's resolve protocol;
+- huggingface_hub's hf_hub_download, eight files at once as `hf download` does, against the
+  same server speaking the Hub's resolve protocol (python server);
 - provision again with everything in place (model bytes the server sent: should be 0);
 - provision's peak memory on a 2 GiB file and on an 8 GiB file (flat in file size).
 
 Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree), peak RSS (from
 /usr/bin/time, so each tool's own) and the requests the server served it. `--rate-mib 0` takes
-the cap off (the regime of a fast link). Regimes (nginx): `--limit-conn N` lets a client have N requests
-at once (nginx `limit_conn`, 503 beyond), `--no-range` ignores Range (`max_ranges 0`: every
+the cap off (the regime of a fast link). Regimes: `--limit-conn N` lets a client have N requests at once
+(nginx `limit_conn`, 503 beyond), `--no-range` ignores Range (nginx `max_ranges 0`; every
 answer is the whole file, as olah's), `--small-files N` adds N files of 1.7 MiB to the set.
 `--server nginx --tls` serves HTTPS, as the Hub,
 CivitAI and every CDN do: each tool then pays for decryption, and Python reads a TLS record
@@ -150,6 +150,7 @@ def start_server(
                 str(port),
                 str(rate_mib * MiB),
                 str(slow_every),
+                "1" if no_range else "0",
             ]
         )
 
@@ -267,8 +268,8 @@ def main() -> None:
         parser.error("--tls needs --server nginx (bench/server.py speaks plain HTTP)")
     if args.slow_edge and (args.server != "python" or args.rate_mib <= 0):
         parser.error("--slow-edge needs --server python and a rate cap (--rate-mib)")
-    if (args.limit_conn or args.no_range) and args.server != "nginx":
-        parser.error("--limit-conn and --no-range need --server nginx")
+    if args.limit_conn and args.server != "nginx":
+        parser.error("--limit-conn needs --server nginx")
 
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
@@ -351,14 +352,17 @@ def main() -> None:
 
         if not args.only_engines and args.server == "python":  # nginx does not speak the Hub's protocol
             out = fresh("hf")
+            # Eight files at once, as `hf download` (snapshot_download) fetches a repository.
             hf_script = (
-                "import sys\nfrom huggingface_hub import hf_hub_download\n"
-                "for name in sys.argv[2:]:\n"
-                "    hf_hub_download('bench/models', name, local_dir=sys.argv[1])\n"
+                "import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+                "from huggingface_hub import hf_hub_download\n"
+                "with ThreadPoolExecutor(8) as pool:\n"
+                "    list(pool.map(lambda n: hf_hub_download('bench/models', n, local_dir=sys.argv[1]),"
+                " sys.argv[2:]))\n"
             )
             rows.append(
                 measure(
-                    "hf_hub_download",
+                    "hf_hub_download x8",
                     [sys.executable, "-c", hf_script, str(out), *names],
                     total,
                     stats,

@@ -19,7 +19,8 @@ from collections.abc import Callable
 START = 16  # connections a host starts with: the fixed count before, enough for an uncapped link
 WINDOW = 1.0  # seconds of traffic the rate of a host is measured over
 RISE = 1.15  # more connections are kept only when they raise the rate by this factor
-HOLD = 10.0  # seconds a host's limit stays put after it stopped rising or the server pushed back
+HOLD = 10.0  # seconds a host's limit stays put after a raise that did not pay
+REFUSED_HOLD = 60.0  # ... and after the server refused requests (its limit will not move soon)
 
 
 class HostLink:
@@ -28,8 +29,8 @@ class HostLink:
     whether that paid: kept if the rate rose by RISE, else back to the limit before, held for
     HOLD seconds, then tried again (links change). A burst of refusals (429, 503, connections
     refused) while trying goes back to the limit before; otherwise each refusal of the burst
-    takes one off what was in use when it began: 8 connections to nginx with `limit_conn 4`
-    get 4 refusals, and 4 is the limit."""
+    takes one off what was in use when it began (32 connections to nginx with `limit_conn 16`
+    get 16 refusals, and 16 is the limit); either holds REFUSED_HOLD seconds."""
 
     def __init__(self, ceiling: int, now: float):
         self.ceiling = ceiling
@@ -43,11 +44,13 @@ class HostLink:
         self.pushed_back_at = -1e9
         self.burst = (0, 0)  # (connections when a burst of refusals began, refusals counted)
 
-    def received(self, n: int, now: float) -> None:
+    def received(self, n: int, now: float, waiting: Callable[[], bool] = lambda: True) -> None:
+        """`n` bytes came in; `waiting()`: whether a worker of this host waits for a slot now."""
         self.window_bytes += n
         if now - self.window_start >= WINDOW:
             self._judge(self.window_bytes / (now - self.window_start), now)
-            self.window_start, self.window_bytes, self.wanted = now, 0, self.in_use >= self.limit
+            self.window_start, self.window_bytes = now, 0
+            self.wanted = self.in_use >= self.limit and waiting()
 
     def _judge(self, rate: float, now: float) -> None:
         if self.before is not None:  # a raise on trial
@@ -61,6 +64,8 @@ class HostLink:
             self.limit = min(self.ceiling, self.limit * 2)
 
     def pushed_back(self, now: float) -> None:
+        if self.in_use <= 1:  # refused on its own: a server down or busy, not too many at once
+            return
         if now - self.pushed_back_at >= WINDOW:  # a new burst of refusals
             self.pushed_back_at = now
             self.burst = (self.before[0], 0) if self.before else (min(self.limit, self.in_use), 1)
@@ -69,7 +74,7 @@ class HostLink:
             self.burst = (self.burst[0], self.burst[1] + 1)
         base, refused = self.burst
         self.limit = max(1, base - refused)
-        self.hold_until = now + HOLD
+        self.hold_until = now + REFUSED_HOLD
         self.window_start, self.window_bytes = now, 0
 
 
@@ -157,7 +162,7 @@ class ConnectionSlots:
         with self.condition:
             link = self._host(host)
             before = link.limit
-            link.received(n, time.monotonic())
+            link.received(n, time.monotonic(), lambda: any(entry[2] == host for entry in self.waiting))
             if link.limit > before:
                 self.condition.notify_all()
 
