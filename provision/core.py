@@ -27,7 +27,7 @@ from .workspacelock import workspace_lock
 log = logging.getLogger("provision")
 
 DEFAULT_JOBS = 5
-# The ceiling, in all, across files: each host starts with 8 and gets more only while its rate
+# The ceiling, in all, across files: each host starts with 16 and gets more only while its rate
 # rises with them (slots.py). At a per-connection cap speed is the connection count, and
 # aria2c's usual recipe (-x16 -j5) opens up to 80; read buffers shrink so memory stays flat.
 DEFAULT_CONNECTIONS = 64

@@ -96,10 +96,9 @@ class Engine:
         verify: bool = False,
         force: bool = False,
         session_factory: Callable[[], requests.Session] = new_session,
-        adaptive: bool = True,
     ):
         self.records = records
-        self.slots = ConnectionSlots(connections, adaptive=adaptive)
+        self.slots = ConnectionSlots(connections)
         # Memory stays flat at any ceiling: a megabyte a read up to 16 connections, less above.
         self.read_size = max(256 * 1024, min(READ_SIZE, BUFFERS // max(1, connections)))
         self.per_file = max(1, min(per_file, connections))

@@ -9,7 +9,6 @@ more while its aggregate rate keeps rising with them (`HostLink`), never above t
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import threading
@@ -88,10 +87,9 @@ class ConnectionSlots:
     is what makes the whole set finish early.
     """
 
-    def __init__(self, count: int, adaptive: bool = True):
+    def __init__(self, count: int):
         self.ceiling = count
         self.free = count
-        self.adaptive = adaptive  # False: every host may use the whole ceiling (tests)
         self.condition = threading.Condition()
         self.waiting: list[tuple[int, int, str]] = []  # (priority, ticket, host), a heap
         self.tickets = itertools.count()
@@ -101,8 +99,6 @@ class ConnectionSlots:
         link = self.hosts.get(host)
         if link is None:
             link = self.hosts[host] = HostLink(self.ceiling, time.monotonic())
-            if not self.adaptive:
-                link.limit = self.ceiling
         return link
 
     def _room(self, host: str) -> bool:
@@ -157,8 +153,6 @@ class ConnectionSlots:
 
     def received(self, host: str, n: int) -> None:
         """Bytes came in from `host`: its rate, and whether it should get more connections."""
-        if not self.adaptive:
-            return
         with self.condition:
             link = self._host(host)
             before = link.limit
@@ -168,19 +162,9 @@ class ConnectionSlots:
 
     def pushed_back(self, host: str) -> None:
         """The host refused a request (429, 503, a connection refused): fewer connections."""
-        if not self.adaptive:
-            return
         with self.condition:
             self._host(host).pushed_back(time.monotonic())
 
     def limit(self, host: str) -> int:
         with self.condition:
             return self._host(host).limit
-
-    @contextlib.contextmanager
-    def hold(self, priority: int, host: str = ""):
-        self.acquire(priority, host=host)
-        try:
-            yield
-        finally:
-            self.release(host)

@@ -613,7 +613,7 @@ class Transfer:
             response = self.engine.open(self.download, headers)
             if response.status_code != 206:
                 response.close()
-                if "If-Range" in headers:  # a 200 to If-Range: the validator no longer matches
+                if "If-Range" in headers and validator(response) != self.validator:  # another file
                     raise RangeIgnored("the file changed on the server during the download (If-Range)")
                 self.engine.range_ignored(self.download.url)
                 raise RangeIgnored("the server stopped honouring Range")
