@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 START = 16  # connections a host starts with: the fixed count before, enough for an uncapped link
 WINDOW = 1.0  # seconds of traffic the rate of a host is measured over
-RISE = 1.15  # more connections are kept only when they raise the rate by this factor
+RISE = 1.4  # more connections are kept only when they raise the rate by this factor: a cap
+# per connection shows as nearly twice the rate for twice the connections, a full link as
+# none; a loaded machine's noise stays well inside the margin
 HOLD = 10.0  # seconds a host's limit stays put after a raise that did not pay
 REFUSED_HOLD = 60.0  # ... and after the server refused requests (its limit will not move soon)
 
@@ -25,7 +27,7 @@ REFUSED_HOLD = 60.0  # ... and after the server refused requests (its limit will
 class HostLink:
     """One host's connection limit (under the slots' lock). While its connections are all in
     use and more are wanted, it doubles at the end of a window; a window later the rate tells
-    whether that paid: kept if the rate rose by RISE, else back to the limit before, held for
+    whether that paid: kept if the rate rose by RISE (40%), else back to the limit before, held for
     HOLD seconds, then tried again (links change). A burst of refusals (429, 503, connections
     refused) while trying goes back to the limit before; otherwise each refusal of the burst
     takes one off what was in use when it began (32 connections to nginx with `limit_conn 16`
@@ -38,6 +40,7 @@ class HostLink:
         self.wanted = False  # a worker waited on this limit in this window
         self.window_start = now
         self.window_bytes = 0
+        self.windows = 0  # ended so far: the first one (connections opening) is no baseline
         self.before: tuple[int, float] | None = None  # (limit, rate) before a raise on trial
         self.hold_until = 0.0
         self.pushed_back_at = -1e9
@@ -47,7 +50,9 @@ class HostLink:
         """`n` bytes came in; `waiting()`: whether a worker of this host waits for a slot now."""
         self.window_bytes += n
         if now - self.window_start >= WINDOW:
-            self._judge(self.window_bytes / (now - self.window_start), now)
+            if self.windows:
+                self._judge(self.window_bytes / (now - self.window_start), now)
+            self.windows += 1
             self.window_start, self.window_bytes = now, 0
             self.wanted = self.in_use >= self.limit and waiting()
 
@@ -164,6 +169,10 @@ class ConnectionSlots:
         """The host refused a request (429, 503, a connection refused): fewer connections."""
         with self.condition:
             self._host(host).pushed_back(time.monotonic())
+
+    def busy(self) -> int:
+        """Connections open now (read without the lock: a stale answer sizes one buffer)."""
+        return self.ceiling - self.free
 
     def limit(self, host: str) -> int:
         with self.condition:

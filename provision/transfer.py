@@ -265,6 +265,7 @@ class Transfer:
         self._show_waiting(False)
 
     def _give_slot(self) -> None:
+        self.engine.put_buffer()
         self.engine.slots.release(self.host)
         with self.lock:
             self.connections -= 1
