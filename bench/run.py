@@ -329,7 +329,7 @@ def main() -> None:
             # aria2c's usual recipe, and its two ways to spend our budget: two files of N/2, or one of N.
             recipes = [(5, 16)]
             if conns:
-                recipes += [(2, max(1, conns // 2)), (1, min(conns, 16))]
+                recipes += [(2, max(1, min(16, conns // 2))), (1, min(conns, 16))]  # aria2c: -x 16 at most
             for jobs, per_file in recipes:
                 out = fresh("aria2")
                 options = ["-j", str(jobs), "-x", str(per_file), "-s", str(per_file)]

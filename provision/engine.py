@@ -55,7 +55,7 @@ log = logging.getLogger("provision")
 MiB = 1024 * 1024
 DISK_MARGIN = 64 * MiB
 READ_SIZE = 1024 * 1024  # bytes read from a socket at a time, at most
-BUFFERS = 16 * MiB  # the read buffers of the connections open at once (Engine.buffer)
+BUFFERS = 16 * MiB  # the read buffers of all connections at the ceiling (Engine.buffer)
 NO_RETRY = {401: "unauthorised", 403: "forbidden", 404: "not found", 410: "gone"}
 
 
@@ -99,6 +99,10 @@ class Engine:
     ):
         self.records = records
         self.slots = ConnectionSlots(connections)
+        # A megabyte a read up to a ceiling of 16 connections (fewer reads: less CPU on a fast
+        # link), less above it: allocated once and reused, buffers that change size fragment
+        # the heap (peak RSS 72 MiB against 59 at the bench's 64 connections).
+        self.read_size = max(256 * 1024, min(READ_SIZE, BUFFERS // max(1, connections)))
         self.per_file = max(1, min(per_file, connections))
         self._priorities = itertools.count()  # slot order: files in the order they started ...
         self._small_first = itertools.count(-(2**62))  # ... after every file smaller than a piece
@@ -267,15 +271,12 @@ class Engine:
 
     def buffer(self) -> bytearray:
         """This thread's read buffer, reused for every body it reads while it holds a
-        connection: no megabyte of fresh bytes per read, and memory that stays flat. A
-        megabyte while up to 16 connections are open (fewer reads: less CPU on a fast link),
-        less with more, 16 MiB in all (64 connections read 256 KiB at a time)."""
-        size = max(256 * 1024, min(READ_SIZE, BUFFERS // max(1, self.slots.busy())))
+        connection: no megabyte of fresh bytes per read, and memory that stays flat (the
+        connections' buffers take BUFFERS in all at the ceiling)."""
         buffer = getattr(self._local, "buffer", None)
-        if buffer is None or len(buffer) != size:
+        if buffer is None:
             with self._active_lock:
-                fits = [n for n, idle in enumerate(self._idle_buffers) if len(idle) == size]
-                buffer = self._idle_buffers.pop(fits[-1]) if fits else bytearray(size)
+                buffer = self._idle_buffers.pop() if self._idle_buffers else bytearray(self.read_size)
             self._local.buffer = buffer
         return buffer
 
@@ -286,7 +287,6 @@ class Engine:
         if buffer is not None:
             with self._active_lock:
                 self._idle_buffers.append(buffer)
-                del self._idle_buffers[: -self.slots.ceiling]  # the oldest beyond one per connection
 
     def thread_done(self) -> None:
         """A worker thread ends: its session and buffer go to the next thread that needs one."""

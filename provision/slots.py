@@ -170,10 +170,6 @@ class ConnectionSlots:
         with self.condition:
             self._host(host).pushed_back(time.monotonic())
 
-    def busy(self) -> int:
-        """Connections open now (read without the lock: a stale answer sizes one buffer)."""
-        return self.ceiling - self.free
-
     def limit(self, host: str) -> int:
         with self.condition:
             return self._host(host).limit
