@@ -1,23 +1,29 @@
 """Benchmark: provision a realistic model set from a loopback CDN and compare with the peers.
 
-    python bench/run.py [--rate-mib 16] [--connections 16] [--scale 1.0] [--skip-8g] [--data DIR]
+    python bench/run.py [--rate-mib 16] [--connections N] [--scale 1.0] [--skip-8g] [--data DIR]
                         [--server python|nginx] [--tls] [--slow-edge] [--only-engines] [--repeat N]
+                        [--limit-conn N] [--no-range] [--small-files N]
 
 The set: one 2 GiB checkpoint, one 1 GiB text encoder, one 320 MiB VAE and four 150 MiB LoRAs,
 served by bench/server.py with Range support and a per-connection rate cap (as a CDN has).
 In the same run it measures:
 
-- provision (this tool), --connections N --jobs 5;
-- aria2c with the same connection budget, both ways (-j 2 -x N/2 -s N/2 and -j 1 -x N -s N);
+- provision (this tool) with its defaults (connections follow the link up to its ceiling),
+  and with --connections N when given;
+- aria2c's usual recipe (-j 5 -x 16 -s 16: up to 16 connections per file, 5 files at once),
+  and with provision's connection budget both ways (-j 2 -x N/2 -s N/2 and -j 1 -x N -s N);
 - curl, one file after another, one stream each (what the earlier images did);
-- huggingface_hub's hf_hub_download, one file after another, against the same server
-  speaking the Hub's resolve protocol;
+- huggingface_hub's hf_hub_download, eight files at once as `hf download` does, against the
+  same server speaking the Hub's resolve protocol (python server);
 - provision again with everything in place (model bytes the server sent: should be 0);
 - provision's peak memory on a 2 GiB file and on an 8 GiB file (flat in file size).
 
 Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree), peak RSS (from
 /usr/bin/time, so each tool's own) and the requests the server served it. `--rate-mib 0` takes
-the cap off (the regime of a fast link). `--server nginx --tls` serves HTTPS, as the Hub,
+the cap off (the regime of a fast link). Regimes: `--limit-conn N` lets a client have N requests at once
+(nginx `limit_conn`, 503 beyond), `--no-range` ignores Range (nginx `max_ranges 0`; every
+answer is the whole file, as olah's), `--small-files N` adds N files of 1.7 MiB to the set.
+`--server nginx --tls` serves HTTPS, as the Hub,
 CivitAI and every CDN do: each tool then pays for decryption, and Python reads a TLS record
 (at most 16 KiB) per call where plain HTTP fills a megabyte. Not part of the test run; needs
 aria2c, curl and /usr/bin/time (apt-get install aria2 curl time), and openssl for --tls.
@@ -80,6 +86,15 @@ def make_file(path: Path, size_mib: int, seed: int) -> None:
     path.with_name(path.name + ".sha256").write_text(digest.hexdigest())
 
 
+def make_small_file(path: Path, size: int, seed: int) -> None:
+    """A file smaller than one piece, and its sha256 beside it."""
+    if path.exists() and path.stat().st_size == size and path.with_name(path.name + ".sha256").exists():
+        return
+    block = (seed.to_bytes(8, "little") + os.urandom(size))[:size]
+    path.write_bytes(block)
+    path.with_name(path.name + ".sha256").write_text(hashlib.sha256(block).hexdigest())
+
+
 def measure(tool: str, command: list[str], size: int, stats, env: dict | None = None, note: str = "") -> Row:
     """Wall, CPU and peak RSS of one tool's process tree, and the requests the server saw.
     /usr/bin/time forks the tool from its own small process: rusage straight from this one
@@ -119,6 +134,8 @@ def start_server(
     work: Path,
     tls: tuple[Path, Path] | None,
     slow_every: int,
+    limit_conn: int = 0,
+    no_range: bool = False,
 ):
     """The file server and a function giving (body bytes sent, requests served) so far: bench/
     server.py (Python, also speaks the Hub's resolve protocol) or nginx (sendfile; the server
@@ -133,6 +150,7 @@ def start_server(
                 str(port),
                 str(rate_mib * MiB),
                 str(slow_every),
+                "1" if no_range else "0",
             ]
         )
 
@@ -144,6 +162,9 @@ def start_server(
         return process, stats
     log = work / "nginx-access.log"
     limit = f"limit_rate {int(rate_mib * MiB)};" if rate_mib > 0 else ""
+    limit += f" limit_conn perclient {limit_conn};" if limit_conn else ""
+    limit += " max_ranges 0;" if no_range else ""
+    zone = " limit_conn_zone $binary_remote_addr zone=perclient:1m;" if limit_conn else ""
     listen = f"127.0.0.1:{port}"
     if tls:
         listen += f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}"
@@ -152,7 +173,7 @@ def start_server(
         "events {}\n"
         f"http {{ log_format bytes '$body_bytes_sent'; access_log {log} bytes; sendfile on;"
         f" client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};"
-        f" uwsgi_temp_path {work}; scgi_temp_path {work};"
+        f" uwsgi_temp_path {work}; scgi_temp_path {work};{zone}"
         f" server {{ listen {listen}; location /files/ {{ alias {data}/; {limit} }} }} }}\n"
     )
     process = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
@@ -206,20 +227,9 @@ def provision_config(base: str, names: list[str], path: Path) -> Path:
     return path
 
 
-def provision_command(config: Path, workspace: Path, connections: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "provision",
-        str(config),
-        "--workspace",
-        str(workspace),
-        "--connections",
-        str(connections),
-        "--jobs",
-        "5",
-        "-q",
-    ]
+def provision_command(config: Path, workspace: Path, connections: int | None) -> list[str]:
+    budget = ["--connections", str(connections)] if connections else []  # None: its default
+    return [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), *budget, "-q"]
 
 
 def main() -> None:
@@ -229,7 +239,12 @@ def main() -> None:
     parser.add_argument(
         "--rate-mib", type=float, default=16.0, help="per-connection cap, MiB/s (default 16; 0: uncapped)"
     )
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--connections", type=int, default=None, help="also run provision and aria2c at this budget"
+    )
+    parser.add_argument("--limit-conn", type=int, default=0, help="nginx: requests at once per client")
+    parser.add_argument("--no-range", action="store_true", help="nginx: ignore Range (max_ranges 0)")
+    parser.add_argument("--small-files", type=int, default=0, help="add this many 1.7 MiB files")
     parser.add_argument("--scale", type=float, default=1.0, help="scale file sizes (0.1 for a quick try)")
     parser.add_argument("--skip-8g", action="store_true", help="skip the 2 GiB vs 8 GiB memory check")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "provision-bench-data")
@@ -253,6 +268,8 @@ def main() -> None:
         parser.error("--tls needs --server nginx (bench/server.py speaks plain HTTP)")
     if args.slow_edge and (args.server != "python" or args.rate_mib <= 0):
         parser.error("--slow-edge needs --server python and a rate cap (--rate-mib)")
+    if args.limit_conn and args.server != "nginx":
+        parser.error("--limit-conn needs --server nginx")
 
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
@@ -260,6 +277,10 @@ def main() -> None:
     print(f"preparing {sum(s for _, s in files)} MiB of test files in {data} ...", file=sys.stderr)
     for seed, (name, size) in enumerate(files):
         make_file(data / name, size, seed)
+    for n in range(args.small_files):  # 1.7 MiB each: below one piece, as many LoRAs and configs
+        name = f"small{n}.safetensors"
+        make_small_file(data / name, 1_782_579, 1000 + n)
+        files.append((name, 0))
     if not args.skip_8g:
         make_file(data / "big2g.safetensors", int(2048 * args.scale), 100)
         make_file(data / "big8g.safetensors", int(8192 * args.scale), 101)
@@ -274,7 +295,9 @@ def main() -> None:
     trust = {"REQUESTS_CA_BUNDLE": str(tls[0])} if tls else {}  # provision's (requests') CA bundle
     ours_env = {"PYTHONPATH": str(REPO), **trust}
     slow_every = 16 if args.slow_edge else 0
-    server, stats = start_server(args.server, data, args.port, args.rate_mib, work, tls, slow_every)
+    server, stats = start_server(
+        args.server, data, args.port, args.rate_mib, work, tls, slow_every, args.limit_conn, args.no_range
+    )
     rows: list[Row] = []
     try:
         time.sleep(1.0)
@@ -289,10 +312,12 @@ def main() -> None:
         config = provision_config(base, names, work / "models.toml")
         (work / "aria2.txt").write_text("".join(f"{base}/files/{n}\n  out={n}\n" for n in names))
         for round_ in range(args.repeat):  # alternating, so a noisy moment hits every tool alike
-            ws = fresh("provision")
-            ours_cmd = provision_command(config, ws, conns)
-            rows.append(measure("provision", ours_cmd, total, stats, env=ours_env))
-            check(ws, data, names)
+            for budget in (None, conns) if conns else (None,):
+                ws = fresh("provision")
+                ours_cmd = provision_command(config, ws, budget)
+                note = f"--connections {budget}" if budget else "defaults"
+                rows.append(measure("provision", ours_cmd, total, stats, env=ours_env, note=note))
+                check(ws, data, names)
             if round_ == 0:
                 before = stats()[0]
                 rerun = measure("provision (re-run)", ours_cmd, total, stats, env=ours_env)
@@ -301,9 +326,11 @@ def main() -> None:
                 rows.append(rerun)
             shutil.rmtree(ws)
 
-            # aria2c's two ways to spend the same connection budget: two files of N/2, or one of N.
-            half = max(1, conns // 2)
-            for jobs, per_file in ((2, half), (1, min(conns, 16))):
+            # aria2c's usual recipe, and its two ways to spend our budget: two files of N/2, or one of N.
+            recipes = [(5, 16)]
+            if conns:
+                recipes += [(2, max(1, min(16, conns // 2))), (1, min(conns, 16))]  # aria2c: -x 16 at most
+            for jobs, per_file in recipes:
                 out = fresh("aria2")
                 options = ["-j", str(jobs), "-x", str(per_file), "-s", str(per_file)]
                 aria2 = ["aria2c", "-i", str(work / "aria2.txt"), "-d", str(out), *options, "-k", "4M"]
@@ -325,14 +352,17 @@ def main() -> None:
 
         if not args.only_engines and args.server == "python":  # nginx does not speak the Hub's protocol
             out = fresh("hf")
+            # Eight files at once, as `hf download` (snapshot_download) fetches a repository.
             hf_script = (
-                "import sys\nfrom huggingface_hub import hf_hub_download\n"
-                "for name in sys.argv[2:]:\n"
-                "    hf_hub_download('bench/models', name, local_dir=sys.argv[1])\n"
+                "import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+                "from huggingface_hub import hf_hub_download\n"
+                "with ThreadPoolExecutor(8) as pool:\n"
+                "    list(pool.map(lambda n: hf_hub_download('bench/models', n, local_dir=sys.argv[1]),"
+                " sys.argv[2:]))\n"
             )
             rows.append(
                 measure(
-                    "hf_hub_download",
+                    "hf_hub_download x8",
                     [sys.executable, "-c", hf_script, str(out), *names],
                     total,
                     stats,
@@ -373,8 +403,10 @@ def main() -> None:
     cap += ", one connection in 16 at a tenth of it" if args.slow_edge else ""
     cap += f", {args.server} over {'HTTPS' if tls else 'plain HTTP'}"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    cap += f", limit_conn {args.limit_conn}" if args.limit_conn else ""
+    cap += ", Range ignored" if args.no_range else ""
     print(
-        f"\n{len(names)} files, {total / MiB:.0f} MiB, {cap}, {args.connections} connections,"
+        f"\n{len(names)} files, {total / MiB:.0f} MiB, {cap}, connections {args.connections or 'default'},"
         f" {os.cpu_count()} cores, load average {load}\n"
     )
     print("| tool | wall s | MiB/s | CPU s | peak MiB | requests | wall / provision | note |")
@@ -388,6 +420,8 @@ def main() -> None:
     by_tool = {row.tool: row for row in rows}
     print()
     best_aria2 = min((row for row in rows if row.tool == "aria2c"), key=lambda row: row.wall)
+    recipe = next(row for row in rows if row.tool == "aria2c" and row.note.startswith("-j 5 -x 16 -s 16"))
+    print(f"provision / aria2c -j 5 -x 16 -s 16 wall: {ours.wall / recipe.wall:.2f}")
     target = "0.9" if args.rate_mib == 0 else "0.95"
     print(f"provision / best aria2c wall: {ours.wall / best_aria2.wall:.2f} (target <= {target})")
     print(f"provision / that aria2c CPU: {ours.cpu / best_aria2.cpu:.2f} (target <= 1.5)")

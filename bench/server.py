@@ -1,13 +1,14 @@
 """Benchmark server: files from a folder with Range support and a per-connection rate cap (as a
 CDN has), plus the Hugging Face resolve protocol in front of them for hf_hub_download.
 
-    python bench/server.py DIR PORT RATE_BYTES_PER_SECOND [SLOW_EVERY]
+    python bench/server.py DIR PORT RATE_BYTES_PER_SECOND [SLOW_EVERY [NO_RANGE]]
 
 Serves on 127.0.0.1 only. GET /files/<name> (Range, ETag), HEAD/GET
 /bench/models/resolve/main/<name> (302 to /files/<name> with X-Repo-Commit, X-Linked-Etag =
 sha256, X-Linked-Size; the sha256 comes from <name>.sha256 beside the file).
 GET /stats answers the body bytes sent and the requests served so far. RATE 0: no cap.
 SLOW_EVERY N: every Nth connection accepted runs at a tenth of the cap (a slow CDN edge).
+NO_RANGE 1: Range is ignored, every answer is the whole file (as olah's, offline).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(sys.argv[1])
 RATE = float(sys.argv[3])
 SLOW_EVERY = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+NO_RANGE = len(sys.argv) > 5 and sys.argv[5] == "1"
 COMMIT = "b" * 40
 STEP = 256 * 1024
 sent_lock = threading.Lock()
@@ -97,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
         size = path.stat().st_size
         start, end, status = 0, size - 1, 200
         wanted = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
-        if wanted:
+        if wanted and not NO_RANGE:
             start = int(wanted[1])
             end = min(int(wanted[2]) if wanted[2] else size - 1, size - 1)
             status = 206

@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections",
         type=positive,
         default=DEFAULT_CONNECTIONS,
-        help=f"connections in all, across files (default {DEFAULT_CONNECTIONS})",
+        help=f"the most connections open at once, all hosts together; each host starts at 16 and"
+        f" gets more while its rate keeps rising (default {DEFAULT_CONNECTIONS})",
     )
     parser.add_argument("--verify", action="store_true", help="re-hash files already in place")
     parser.add_argument(

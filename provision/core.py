@@ -27,7 +27,11 @@ from .workspacelock import workspace_lock
 log = logging.getLogger("provision")
 
 DEFAULT_JOBS = 5
-DEFAULT_CONNECTIONS = 16  # in all, across files
+# The ceiling, in all, across files: each host starts with 16 and gets more only while its rate
+# rises with them (slots.py). At a per-connection cap speed is the connection count: two big
+# files at 16 each, as aria2c's usual recipe (-x16 -j5) has them; with 512 KiB read buffers
+# (16 MiB in all) memory stays under 64 MiB, and a fast uncapped link pays little CPU for it.
+DEFAULT_CONNECTIONS = 32
 PER_FILE_CONNECTIONS = 16  # a file may use them all while no other file needs them
 
 

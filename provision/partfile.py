@@ -64,6 +64,8 @@ class PartFile:
                 raise ValueError("the server sent no size, so the bytes cannot be placed")
             if self.path.stat().st_size != state.total:
                 raise ValueError("the partial file has the wrong length")
+            if any(a < 0 or b > state.total for a, b in state.done.spans):
+                raise ValueError("its ranges reach outside the file")  # each would become a wrong request
             return state
         except _UNREADABLE as err:
             self.discarded_because = str(err) if type(err) is ValueError else "its state is unreadable"

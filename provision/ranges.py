@@ -34,13 +34,22 @@ class Ranges:
         return self.spans[0][1] if self.spans and self.spans[0][0] == 0 else 0
 
     def gaps(self, total: int | None) -> list[tuple[int, int]]:
-        result, position = [], 0
+        """The missing ranges of [0, total) (with no total, those between the spans)."""
+        return self.missing(0, total)
+
+    def missing(self, start: int, end: int | None) -> list[tuple[int, int]]:
+        """The missing ranges inside [start, end), never one byte outside it, never an empty
+        one: each becomes a request, and a gap reaching past a piece's end once made a piece
+        cut down to nothing ask for `bytes=N-(N-1)`."""
+        result, position = [], start
         for a, b in self.spans:
+            if end is not None and a >= end:
+                break
             if a > position:
                 result.append((position, a))
             position = max(position, b)
-        if total is not None and position < total:
-            result.append((position, total))
+        if end is not None and position < end:
+            result.append((position, end))
         return result
 
 

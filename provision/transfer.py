@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import requests
 
@@ -152,11 +153,14 @@ class RangeIgnored(Exception):
 class Transfer:
     """One attempt to bring one file's `.part` up to its full, verified size."""
 
-    def __init__(self, engine: Engine, download: Download, progress: Progress, segmented: bool):
+    def __init__(
+        self, engine: Engine, download: Download, progress: Progress, segmented: bool, why_not: str = ""
+    ):
         self.engine = engine
         self.download = download
         self.progress = progress
         self.segmented = segmented
+        self.why_not = why_not  # why not segmented, when a segmented try gave up on ranges
         self.partfile = PartFile(download.dest, download.identity)
         self.part = self.partfile.path
         self.lock = threading.Lock()
@@ -171,13 +175,17 @@ class Transfer:
         self.errors: list[BaseException] = []
         self.announced = False
         self.hasher = PrefixHasher(self)
-        self.priority = next(engine._priorities)
+        self.priority = engine.priority(download)
+        self.host = host(download.url)  # whose connection limit this file's requests count against
         # The first 206 answer, handed to the piece workers with its connection slot held.
         self.prefetched: tuple[int, int, requests.Response] | None = None
 
     # -- state of the .part ----------------------------------------------------------------
 
     def _load_state(self) -> None:
+        if not self.segmented and self.partfile.path.exists() and not self.engine.force:
+            lost = self.partfile.load(self.download.size).done.covered()
+            self._starting_over(lost, self.why_not or f"{host(self.download.url)} ignores Range")
         if not self.segmented or not self.partfile.path.exists() or self.engine.force:
             self._discard()
             return
@@ -192,6 +200,12 @@ class Transfer:
             self._discard()
             return
         self.total, self.validator, self.done = state.total, state.validator, state.done
+
+    def _starting_over(self, lost: int, why: str) -> None:
+        """Bytes on disk that cannot be resumed are thrown away with a line that says so."""
+        if lost:
+            name = self.download.dest.name
+            log.warning(f"{name}: starting over from byte 0 ({why}); {_mib(lost)} on disk discarded")
 
     def _discard(self) -> None:
         with self.lock:
@@ -250,14 +264,15 @@ class Transfer:
     # -- connection slots: the engine's cap, and whether this file is waiting for one -------------
 
     def _take_slot(self) -> None:
-        waited = self.engine.slots.acquire(self.priority, on_wait=self._blocked)
+        waited = self.engine.slots.acquire(self.priority, on_wait=self._blocked, host=self.host)
         with self.lock:
             self.blocked -= waited
             self.connections += 1
         self._show_waiting(False)
 
     def _give_slot(self) -> None:
-        self.engine.slots.release()
+        self.engine.put_buffer()
+        self.engine.slots.release(self.host)
         with self.lock:
             self.connections -= 1
             idle = self.connections == 0 and self.blocked > 0
@@ -333,13 +348,18 @@ class Transfer:
             raise
         try:
             # 200: the whole file from byte 0 (no ranges, or If-Range said it changed).
-            if "If-Range" in headers:
+            changed = "If-Range" in headers and validator(response) != self.validator
+            if "Range" in headers and not changed:
+                self.engine.range_ignored(self.download.url)
+            if changed:
                 log.warning(
                     f"{self.download.dest.name}: the file changed on the server since the partial "
                     "download (If-Range); starting over from byte 0"
                 )
-            elif "Range" in headers and self.done.covered():
-                log.warning(f"{self.download.dest.name}: the server ignored Range; starting over from byte 0")
+            else:  # a stream broken off on a server without Range, or a .part from a run with it
+                name = host(self.download.url)
+                why = f"{name} ignores Range" if self.engine.ignores_range(self.download.url) else "no Range"
+                self._starting_over(self.done.covered(), why)
             self._discard()
             self.segmented = False
             length = response.headers.get("Content-Length")
@@ -397,6 +417,7 @@ class Transfer:
                     self.done.add(offset - n, offset)
                     self.transferred += n
                 self.progress.advance(self.download, n)
+                self.engine.slots.received(self.host, n)
                 self.hasher.wrote(offset - n, view[:n])
                 self._save_state()
             limit = self._limit(end, piece)
@@ -490,9 +511,11 @@ class Transfer:
         request: one slow CDN connection must not hold up a whole file (under self.lock).
         The cut lets both finish together. It lies past what the piece has received, and
         `_write_body` clips every read to the piece's end, so no byte is written twice; bytes
-        already on their way past the cut are sent twice, and that connection is closed."""
+        already on their way past the cut are sent twice, and that connection is closed. A
+        piece that has received nothing yet (stalled before its first byte) gives up all of it:
+        it is left empty, and its worker asks for nothing more (Ranges.missing)."""
         judged = [p for p in self.running if now - p.began >= JUDGED_AFTER]
-        if not judged:
+        if not judged or speed <= 0:  # a worker that fetched nothing has no speed to compare
             return None
         victim = max(judged, key=lambda p: (p.end - p.received) / max(p.rate(now), 1.0))
         slow = victim.rate(now)
@@ -519,19 +542,25 @@ class Transfer:
             and piece.end - piece.start < CONTENDED_PIECE
             and sum(p.end - p.start for p in self.queue[1:]) >= keep
             and self.engine.slots.contended(self.priority)
+            and not self.engine.slots.wanted_before(self.priority)  # it gets this slot at the piece's end
         ):
             piece.end = self.queue.pop(0).end
         return piece
 
     def _piece_worker(self, piece: Piece | None) -> None:
         """Take pieces until none is left, holding a connection slot from one to the next (not
-        through a retry's backoff): a piece is claimed, or stolen, only with a slot in hand."""
+        through a retry's backoff, nor while a file that goes first waits for one: then it is
+        handed over and taken again in turn): a piece is claimed, or stolen, only with a slot
+        in hand."""
         holding = False
         finished = None
         yield_to_hashing()
         try:
             while not self.stop.is_set():
                 if piece is None:
+                    if holding and self.engine.slots.wanted_before(self.priority):
+                        self._give_slot()  # between pieces: a smaller or earlier file goes first
+                        holding = False
                     if not holding:
                         self._take_slot()
                         holding = True
@@ -582,10 +611,10 @@ class Transfer:
             self._write_body(response, piece.start, None, piece)
         while not self.stop.is_set():  # a server may answer with less than asked: ask for the rest
             with self.lock:
-                gaps = [g for g in self.done.gaps(piece.end) if g[1] > piece.start and g[0] < piece.end]
+                gaps = self.done.missing(piece.start, piece.end)  # none in a piece cut to nothing
                 if not gaps:
                     return
-                begin = max(piece.start, gaps[0][0])
+                begin = gaps[0][0]
                 end = min(piece.end, begin + self._request_size(piece.end - begin))
                 piece.asked = max(piece.asked, end)
             headers = {"Range": f"bytes={begin}-{end - 1}"}
@@ -594,8 +623,9 @@ class Transfer:
             response = self.engine.open(self.download, headers)
             if response.status_code != 206:
                 response.close()
-                if "If-Range" in headers:  # a 200 to If-Range: the validator no longer matches
+                if "If-Range" in headers and validator(response) != self.validator:  # another file
                     raise RangeIgnored("the file changed on the server during the download (If-Range)")
+                self.engine.range_ignored(self.download.url)
                 raise RangeIgnored("the server stopped honouring Range")
             if content_range_total(response) != self.total:
                 response.close()
@@ -658,6 +688,12 @@ def validator(response: requests.Response) -> str | None:
     if etag and not etag.startswith("W/"):
         return etag
     return response.headers.get("Last-Modified")
+
+
+def host(url: str) -> str:
+    """host[:port] of a URL, without the user and password a URL may carry."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def _mib(n: int) -> str:

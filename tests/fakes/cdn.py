@@ -26,6 +26,7 @@ class Fault:
     close_at: int | None = None  # send this many body bytes, then close cleanly (truncated body)
     stall_at: int | None = None  # send this many body bytes, then stop sending for `stall` seconds
     stall: float = 0.0
+    hold: threading.Event | None = None  # with stall_at: stop there until this is set (not `stall`)
     ignore_range: bool = False
     shift: int = 0  # answer a range with the bytes this far further on (Content-Range says so)
     shorten: int = 0  # answer a range with this many bytes fewer (allowed: Content-Range says so)
@@ -39,6 +40,7 @@ class Served:
     etag: str | None = None
     ranges: bool = True
     ignore_range: bool = False  # always, not per request
+    chunked: bool = False  # a whole-file answer is chunked, without Content-Length (as olah's)
     wrong_bytes: bool = False  # flips one byte in the middle of every answer
     headers: dict = field(default_factory=dict)
     content_disposition: str | None = None
@@ -51,10 +53,16 @@ class Served:
 class FakeCDN(FakeServer):
     files: dict[str, Served] = field(default_factory=dict)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
+    faults_at: dict[tuple[str, int], list[Fault]] = field(default_factory=dict)  # by Range start
     body_bytes: int = 0
     rate: float | None = None  # bytes per second per connection (a CDN's cap)
     require_header: tuple[str, str] | None = None
     active_sends: int = 0  # bodies being sent right now (a killed client's may linger)
+    holds: int = 0  # bodies that have stopped at a fault's `hold` so far
+    peak_sends: int = 0  # the most bodies sent at once
+    max_sends: int | None = None  # nginx limit_conn: a request beyond this many bodies gets 503
+    refused: int = 0  # requests answered 503 for max_sends
+    dropped: int = 0  # bodies the client closed before their end
     reject_authorization: bool = True  # presigned storage answers 400 to an Authorization header
     gate: threading.Event | None = None  # when set up, bodies wait until it is set (headers go first)
 
@@ -65,6 +73,10 @@ class FakeCDN(FakeServer):
 
     def fault(self, path: str, *faults: Fault) -> None:
         self.faults.setdefault(path, []).extend(faults)
+
+    def fault_at(self, path: str, start: int, *faults: Fault) -> None:
+        """Faults for the requests whose Range starts at `start`, whatever their order."""
+        self.faults_at.setdefault((path, start), []).extend(faults)
 
     def handle(self, h: Handler, path: str, query: dict) -> None:
         served = self.files.get(path)
@@ -77,9 +89,18 @@ class FakeCDN(FakeServer):
         if self.reject_authorization and "Authorization" in h.headers:
             h.reply(400, b"<Error><Code>InvalidArgument</Code>Authorization header not allowed</Error>")
             return
+        wanted = h.headers.get("Range")
+        asked = _RANGE.match(wanted or "")
         with self.lock:
             queue = self.faults.get(path) or []
-            fault = queue.pop(0) if queue else Fault()
+            at = self.faults_at.get((path, int(asked[1]))) if asked else None
+            fault = at.pop(0) if at else queue.pop(0) if queue else Fault()
+        with self.lock:
+            over = self.max_sends is not None and self.active_sends >= self.max_sends
+            self.refused += over
+        if over:
+            h.reply(503, b"limit_conn")
+            return
         if fault.status:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             h.reply(fault.status, b"fault", headers)
@@ -90,7 +111,6 @@ class FakeCDN(FakeServer):
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
         total = len(data)
         start, end, status = 0, total - 1, 200
-        wanted = h.headers.get("Range")
         if_range = h.headers.get("If-Range")
         use_range = served.ranges and not served.ignore_range and not fault.ignore_range and served.length
         if wanted and use_range and (if_range is None or if_range == served.etag):
@@ -98,13 +118,15 @@ class FakeCDN(FakeServer):
             if match:
                 start = int(match[1])
                 end = min(int(match[2]) if match[2] else total - 1, total - 1)
-                if start >= total:
+                if start >= total or (match[2] and int(match[2]) < start):  # an invalid range: refused
                     h.reply(416, b"", {"Content-Range": f"bytes */{total}"})
                     return
                 status = 206
                 start, end = min(start + fault.shift, total - 1), min(end + fault.shift, total - 1)
                 end = max(start, end - fault.shorten)
-        headers = {"Content-Length": str(end - start + 1), "Content-Type": "application/octet-stream"}
+        chunked = served.chunked and status == 200
+        length = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(end - start + 1)}
+        headers = {**length, "Content-Type": "application/octet-stream"}
         if served.ranges:
             headers["Accept-Ranges"] = "bytes"
         if served.etag:
@@ -133,15 +155,20 @@ class FakeCDN(FakeServer):
         h.end_headers()
         if h.command == "HEAD":
             return
-        self._send(h, data[start : end + 1], fault)
+        self._send(h, data[start : end + 1], fault, chunked)
 
-    def _send(self, h: Handler, body: bytes, fault: Fault) -> None:
+    def _send(self, h: Handler, body: bytes, fault: Fault, chunked: bool = False) -> None:
         with self.lock:
             self.active_sends += 1
+            self.peak_sends = max(self.peak_sends, self.active_sends)
         try:
             if self.gate is not None:
                 self.gate.wait(60)
-            self._send_body(h, body, fault)
+            self._send_body(h, body, fault, chunked)
+        except (BrokenPipeError, ConnectionResetError):
+            with self.lock:
+                self.dropped += 1
+            raise
         finally:
             with self.lock:
                 self.active_sends -= 1
@@ -151,7 +178,7 @@ class FakeCDN(FakeServer):
         while self.active_sends and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def _send_body(self, h: Handler, body: bytes, fault: Fault) -> None:
+    def _send_body(self, h: Handler, body: bytes, fault: Fault, chunked: bool) -> None:
         sent, step = 0, 64 * 1024
         began = time.monotonic()
         while sent < len(body):
@@ -162,7 +189,12 @@ class FakeCDN(FakeServer):
             ):
                 if limit is not None and sent >= limit:
                     if action == "stall":
-                        time.sleep(fault.stall)
+                        if fault.hold:
+                            with self.lock:
+                                self.holds += 1
+                            fault.hold.wait(60)
+                        else:
+                            time.sleep(fault.stall)
                         fault.stall_at = None
                         continue
                     self._end(h, reset=action == "reset")
@@ -172,7 +204,7 @@ class FakeCDN(FakeServer):
                 if limit is not None and limit > sent:
                     stop = min(stop, limit)
             chunk = body[sent : min(sent + step, stop)]
-            h.wfile.write(chunk)
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             sent += len(chunk)
             with self.lock:
                 self.body_bytes += len(chunk)
@@ -180,6 +212,8 @@ class FakeCDN(FakeServer):
                 ahead = sent / rate - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)
+        if chunked:
+            h.wfile.write(b"0\r\n\r\n")
 
     @staticmethod
     def _end(h: Handler, reset: bool) -> None:
