@@ -26,9 +26,11 @@ REFUSED_HOLD = 60.0  # ... and after the server refused requests (its limit will
 
 class HostLink:
     """One host's connection limit (under the slots' lock). While its connections are all in
-    use and more are wanted, it doubles at the end of a window; a window later the rate tells
-    whether that paid: kept if the rate rose by RISE (40%), else back to the limit before, held for
-    HOLD seconds, then tried again (links change). A burst of refusals (429, 503, connections
+    use and more are wanted, it doubles at the end of a window; the window after that lets the
+    new connections open and get going (judged then, a raise looks like it did not pay on a
+    loaded machine), and the one after tells whether it paid: kept if the rate rose by RISE
+    (40%), else back to the limit before, held for HOLD seconds, then tried again (links
+    change). A burst of refusals (429, 503, connections
     refused) while trying goes back to the limit before; otherwise each refusal of the burst
     takes one off what was in use when it began (32 connections to nginx with `limit_conn 16`
     get 16 refusals, and 16 is the limit); either holds REFUSED_HOLD seconds."""
@@ -42,6 +44,7 @@ class HostLink:
         self.window_bytes = 0
         self.windows = 0  # ended so far: the first one (connections opening) is no baseline
         self.before: tuple[int, float] | None = None  # (limit, rate) before a raise on trial
+        self.settling = False  # the window right after a raise: its new connections are opening
         self.hold_until = 0.0
         self.pushed_back_at = -1e9
         self.burst = (0, 0)  # (connections when a burst of refusals began, refusals counted)
@@ -57,6 +60,9 @@ class HostLink:
             self.wanted = self.in_use >= self.limit and waiting()
 
     def _judge(self, rate: float, now: float) -> None:
+        if self.settling:
+            self.settling = False
+            return
         if self.before is not None:  # a raise on trial
             limit, rate_before = self.before
             self.before = None
@@ -66,6 +72,7 @@ class HostLink:
         if self.wanted and now >= self.hold_until and self.limit < self.ceiling:
             self.before = (self.limit, rate)
             self.limit = min(self.ceiling, self.limit * 2)
+            self.settling = True
 
     def pushed_back(self, now: float) -> None:
         if self.in_use <= 1:  # refused on its own: a server down or busy, not too many at once
@@ -73,7 +80,7 @@ class HostLink:
         if now - self.pushed_back_at >= WINDOW:  # a new burst of refusals
             self.pushed_back_at = now
             self.burst = (self.before[0], 0) if self.before else (min(self.limit, self.in_use), 1)
-            self.before = None
+            self.before, self.settling = None, False
         elif self.burst[1]:  # one fewer for each refusal of the burst (but not below a trial's)
             self.burst = (self.burst[0], self.burst[1] + 1)
         base, refused = self.burst
