@@ -16,6 +16,7 @@ from .fakes.civitai import FakeCivitai
 from .fakes.gdrive import FakeDrive
 from .fakes.hub import FakeHub
 from .fakes.server import TLS_TRUST
+from .runtime_harness import missing_runtime_tool, runtime_starter
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_VARS = (
@@ -201,3 +202,17 @@ def blob(size: int, seed: int = 0) -> bytes:
         out += hashlib.sha256(b"%d:%d" % (seed, counter)).digest() * 128
         counter += 1
     return bytes(out[:size])
+
+
+@pytest.fixture
+def runtime_tools():
+    """A runtime test skips without s6 or Caddy (under CI=true, `which` fails it instead)."""
+    if missing := missing_runtime_tool():
+        pytest.skip(f"{missing} is not installed (tests/run.sh installs it)")
+
+
+@pytest.fixture
+def start(runtime_tools, tmp_path):
+    """`start(**env)`: boot a container under real s6 and Caddy, killed at the end of the test."""
+    with runtime_starter(tmp_path) as run:
+        yield run

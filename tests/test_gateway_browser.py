@@ -20,7 +20,7 @@ import pytest
 
 from .conftest import blob, sha256
 from .fakes.cdn import Fault
-from .runtime_harness import free_port, listening, missing_runtime_tool, runtime_starter
+from .runtime_harness import free_port, listening
 from .test_runtime import PASSWORD, TOKEN, log_text, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,14 +54,6 @@ def browser():
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
         yield launched
         launched.close()
-
-
-@pytest.fixture
-def start(tmp_path):
-    if missing := missing_runtime_tool():
-        _missing(missing)
-    with runtime_starter(tmp_path) as run:
-        yield run
 
 
 def screenshot(page, name: str) -> None:

@@ -31,8 +31,6 @@ from .runtime_harness import (
     connected_to,
     listening,
     make_runtime,
-    missing_runtime_tool,
-    runtime_starter,
 )
 
 PASSWORD = "correct-horse-battery-9"
@@ -41,16 +39,7 @@ HF_TOKEN = "hf_runtime_secret_7777"
 CIVITAI_TOKEN = "civitai_runtime_secret_8888"
 
 
-@pytest.fixture(autouse=True)
-def tools():
-    if missing := missing_runtime_tool():
-        pytest.skip(f"{missing} is not installed (tests/run.sh installs it)")
-
-
-@pytest.fixture
-def start(tmp_path):
-    with runtime_starter(tmp_path) as run:
-        yield run
+pytestmark = pytest.mark.usefixtures("runtime_tools")  # and `start`: both in conftest.py
 
 
 def get(runtime, service, path="/", **kw):

@@ -22,20 +22,10 @@ import pytest
 from .conftest import blob
 from .fakes.cdn import Fault
 from .fakes.server import TLS_KEY, TLS_TRUST
-from .runtime_harness import PROXIED, listening, make_runtime, missing_runtime_tool, runtime_starter
+from .runtime_harness import PROXIED, listening, make_runtime
 from .test_runtime import PASSWORD, TOKEN, log_text, wait_for
 
-
-@pytest.fixture(autouse=True)
-def tools():
-    if missing := missing_runtime_tool():
-        pytest.skip(f"{missing} is not installed (tests/run.sh installs it)")
-
-
-@pytest.fixture
-def start(tmp_path):
-    with runtime_starter(tmp_path) as run:
-        yield run
+pytestmark = pytest.mark.usefixtures("runtime_tools")  # and `start`: both in conftest.py
 
 
 BROWSER = {
