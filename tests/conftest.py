@@ -19,6 +19,8 @@ from .fakes.server import TLS_TRUST
 from .runtime_harness import missing_runtime_tool, runtime_starter
 
 REPO = Path(__file__).resolve().parent.parent
+# Git archives of SD.Next and its extensions for a machine without GitHub (their README lists them).
+SOURCES = REPO.parent / "shared" / "sources"
 SECRET_VARS = (
     "HF_TOKEN",
     "CIVITAI_TOKEN",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, which
+from .conftest import REPO, SOURCES, which
 
 BUMP = REPO / "nix" / "sdnext" / "bump.py"
 sys.path.insert(0, str(BUMP.parent))
@@ -210,9 +210,6 @@ def test_an_archive_of_the_commit_serves_when_no_clone_can(upstream, tmp_path):
     argv = ["2099-01-01", "--repo", str(main), "--pin", str(pin), "--archives", str(archives), "--no-lock"]
     assert bump.main(argv) == 0
     assert bump.tomllib.loads(pin.read_text())["extensions"]["sd-extension-demo"]["hash"] == expected
-
-
-SOURCES = REPO.parent / "shared" / "sources"
 
 
 def tag_file(path: str) -> str:

@@ -36,11 +36,10 @@ import requests
 
 from provision.categories import PIN
 
-from .conftest import REPO, child_env, run_module
+from .conftest import REPO, SOURCES, child_env, run_module
 from .runtime_harness import free_port, listening
 
 LAUNCHER = REPO / "nix" / "sdnext" / "sdnext_launch.py"
-SOURCES = REPO.parent / "shared" / "sources"
 STARTUP = 900  # seconds SD.Next may take to answer on a loaded 2-core machine (a deadline, not a target)
 pytestmark = pytest.mark.sdnext_real
 
