@@ -26,6 +26,7 @@ python3Packages.buildPythonApplication {
     requests
     huggingface-hub
     gdown
+    packaging
   ];
   # The version floors in pyproject.toml follow PyPI; whatever nixpkgs ships is tested by checks.
   pythonRelaxDeps = true;

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from . import categories, links
 from .paths import safe_filename
-from .plan import CivitaiSpec, GDriveSpec, HuggingFaceSpec, Item, Plan, Spec, UrlSpec
+from .plan import CivitaiSpec, Extension, GDriveSpec, HuggingFaceSpec, Item, Plan, Spec, UrlSpec
 from .secrets import register_secret
 
 try:
@@ -54,7 +54,8 @@ KEYS_BY_SOURCE = {
     "gdrive": COMMON_KEYS | {"url", "id"},
 }
 ALL_KEYS = set().union(*KEYS_BY_SOURCE.values())
-TOP_LEVEL_KEYS = {"models"}
+TOP_LEVEL_KEYS = {"models", "extensions"}
+EXTENSION_KEYS = {"url", "commit", "sha256", "requirements"}
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _REVISION = re.compile(r"[\w.-]+(/[\w.-]+)*")  # branch, tag, commit, refs/pr/1
@@ -81,7 +82,9 @@ def load_plan(
         if key not in TOP_LEVEL_KEYS:
             problems.append(f"{key}: unknown top-level key{_did_you_mean(key, TOP_LEVEL_KEYS)}")
     models = data.get("models")
-    if models is None:
+    if models is None and "extensions" in data:
+        models = {}  # a config of extensions only
+    elif models is None:
         problems.append(f"{origin}: no [models] table: add entries like [models.lora.<name>]")
     elif not isinstance(models, dict):
         problems.append("models: must be a table of categories, like [models.lora.<name>]")
@@ -111,6 +114,17 @@ def load_plan(
             item = _plan_entry(category_name, name, entry, folder, env, problems, plan.warnings)
             if item is not None:
                 plan.items.append(item)
+
+    extensions = data.get("extensions", {})
+    if not isinstance(extensions, dict):
+        problems.append(
+            'extensions: must be a table, like [extensions.<name>] url = "https://github.com/..."'
+        )
+        extensions = {}
+    for name, entry in extensions.items():
+        extension = _extension(name, entry, env, problems)
+        if extension is not None:
+            plan.extensions.append(extension)
 
     _check_destinations(plan, problems)
     if problems:
@@ -176,6 +190,86 @@ def _plan_entry(
     if found or spec is None:
         return None
     return Item(category=category, name=name, spec=spec, folder=folder, filename=filename)
+
+
+_EXTENSION_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # SD.Next's own rule for its folder
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _extension(name: str, entry: Any, env: Mapping[str, str], problems: list[str]) -> Extension | None:
+    """An `[extensions.NAME]` table: a GitHub repository at a commit, or an archive with its sha256."""
+    where = f"extensions.{name}"
+    found: list[str] = []
+    report = found.append
+    if not _EXTENSION_NAME.match(name):
+        problems.append(
+            f"{where}: the name is its folder in sdnext/extensions: use letters, digits, '_', '-', '.'"
+        )
+        return None
+    if not isinstance(entry, dict):
+        problems.append(
+            f'{where}: must be a table, like url = "https://github.com/OWNER/REPO" and commit = "..."'
+        )
+        return None
+    for key in entry:
+        if key not in EXTENSION_KEYS:
+            report(f"{where}: unknown key {key!r}{_did_you_mean(key, EXTENSION_KEYS)}")
+    url = _string(entry, "url", where, report, required=True)
+    commit = _string(entry, "commit", where, report)
+    sha256 = _string(entry, "sha256", where, report)
+    requirements = None
+    if "requirements" in entry:
+        requirements = _requirements(entry["requirements"], where, report)
+    github = links.github_repository(url, env) if url else None
+    if url is None:
+        pass
+    elif not _is_http_url(url):
+        report(f"{where}.url: {url!r} is not an http(s) URL")
+    elif github is not None:
+        if commit is None:
+            report(
+                f'{where}: missing "commit": a branch moves, so give the commit to install'
+                f" (`git ls-remote {url} HEAD` prints the newest)"
+            )
+        elif not _COMMIT.match(commit.lower()):
+            report(f"{where}.commit: {commit!r} is not a commit: give all 40 hex digits")
+        if sha256 is not None:
+            report(f'{where}: "sha256" is for archive URLs; a GitHub repository is pinned by "commit"')
+    elif commit is not None:
+        report(
+            f"{where}: only GitHub repositories are fetched by commit; for {urlsplit(url).hostname}"
+            ' give the URL of an archive of that commit (.tar.gz or .zip) and its "sha256"'
+        )
+    elif sha256 is None:
+        report(f'{where}: missing "sha256" of the archive (`sha256sum` of the downloaded file)')
+    elif not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        report(f"{where}.sha256: must be 64 hex digits (the archive's sha256, as `sha256sum` prints it)")
+    problems.extend(found)
+    if found or url is None:
+        return None
+    return Extension(
+        name=name,
+        url=url.removesuffix("/").removesuffix(".git") if github else url,
+        commit=commit.lower() if commit else None,
+        sha256=sha256.lower() if sha256 else None,
+        requirements=requirements,
+        github=github,
+    )
+
+
+def _requirements(value: Any, where: str, report) -> tuple[str, ...] | None:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        report(f'{where}.requirements: must be a list of requirements, like ["inflection==0.5.1"]')
+        return None
+    for line in value:
+        try:
+            Requirement(line)
+        except InvalidRequirement as err:
+            report(f"{where}.requirements: {line!r} is not a requirement ({err})")
+            return None
+    return tuple(value)
 
 
 def _infer_source(entry: dict[str, Any], env: Mapping[str, str]) -> str | None:

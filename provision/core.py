@@ -17,7 +17,7 @@ from .config import ConfigError, LintEnvironment, load_plan
 from .configsource import read_config
 from .http import TIMEOUT
 from .ondisk import offline_state
-from .plan import HuggingFaceSpec, Item, Plan
+from .plan import Extension, HuggingFaceSpec, Item, Plan
 from .records import workspace_records
 from .report import FAILED, PLANNED, ItemResult, Report
 from .retry import RetryPolicy
@@ -131,9 +131,9 @@ class Provisioner:
         if lock is not None:
             lockfile.attach(plan, lock)
             log.info(f"using the lock {where}" + (f" ({diff.describe()})" if not diff.up_to_date else ""))
-        every_item = list(plan.items)
+        every_item, every_extension = list(plan.items), list(plan.extensions)
         if self.only:
-            plan.items = self._chosen(plan.items, self.only)
+            plan.items, plan.extensions = self._chosen(plan, self.only)
         report = Report(warnings=list(plan.warnings), dry_run=self.dry_run, models_root=self.models_root)
         runnable = self._preflight(plan.items, report)
         if self.dry_run and self.offline:
@@ -145,17 +145,25 @@ class Provisioner:
                         item, PLANNED, detail=item.detail, on_disk=on_disk.label(None), have=on_disk.have
                     )
                 )
+            report.results.extend(self._planned_extensions(plan.extensions))
         else:
             settings = self._settings(for_lock=lock is not None, drift_hint=self._upgrade_command(config))
             outcome = self._execute(runnable, settings)
             report.results.extend(outcome.results)
+            installed = {}
+            if self.dry_run:
+                report.results.extend(self._planned_extensions(plan.extensions))
+            elif plan.extensions:
+                results, installed = self._install_extensions(plan.extensions)
+                report.results.extend(results)
             # --locked installs the lock as it is: it is up to date, and where it runs (a
             # Kubernetes ConfigMap, a CI checkout) it may be read-only, so it is never rewritten.
             if lock is not None and not self.dry_run and not locked and not configsource.is_remote(where):
-                plan.items = every_item
-                self._update_lock(lock, where, plan, outcome, config)
-        # Keep the config's order whatever order the work finished in.
+                plan.items, plan.extensions = every_item, every_extension
+                self._update_lock(lock, where, plan, outcome, config, installed)
+        # Keep the config's order whatever order the work finished in (extensions after models).
         order = {(i.category, i.name): n for n, i in enumerate(every_item)}
+        order.update({("extensions", e.name): len(order) + n for n, e in enumerate(every_extension)})
         report.results.sort(key=lambda r: order[(r.category, r.name)])
         if self.dry_run:
             report.free_bytes = free_space(self.models_root)
@@ -172,17 +180,24 @@ class Provisioner:
             raise ConfigError([f"{redact(where)}: a lock is written to a local file: give --lock-file PATH"])
         old = lockfile.read_lock(where) if Path(where).exists() else None
         if old is not None:
-            again = plan.items if upgrade and not self.only else []
+            again: list = []
             if upgrade and self.only:
-                again = self._chosen(plan.items, self.only)
+                items, extensions = self._chosen(plan, self.only)
+                again = [*items, *extensions]
+            elif upgrade:
+                again = [*plan.items, *plan.extensions]
             lockfile.attach(plan, old, except_names={i.key for i in again})
         report = Report(warnings=list(plan.warnings))
         pending = self._preflight([i for i in plan.items if i.locked is None], report)
         outcome = self._execute(pending, self._settings(lock_only=True, update=True, dry_run=False))
         report.results.extend(outcome.results)
+        installed = {}
+        if plan.extensions:  # the archive is the only way to its hashes and requirements: installed
+            results, installed = self._install_extensions(plan.extensions)
+            report.results.extend(results)
         if report.failed:
             raise LockFailed(report)
-        new = lockfile.merged(old, plan, self._locked_files(plan, outcome))
+        new = lockfile.merged(old, plan, self._locked_files(plan, outcome), installed)
         lockfile.write_lock(Path(where), new, str(config))
         return new
 
@@ -196,12 +211,34 @@ class Provisioner:
             raise ConfigError([f"--lock-file {where}: no such file: create it with `provision lock`"])
         return lockfile.read_lock(where, offline=self.offline), where
 
-    def _chosen(self, items: list[Item], patterns: list[str]) -> list[Item]:
-        chosen = [i for i in items if any(fnmatch.fnmatch(i.key, p) for p in patterns)]
-        if not chosen:
-            names = ", ".join(i.key for i in items)
+    def _chosen(self, plan: Plan, patterns: list[str]) -> tuple[list[Item], list[Extension]]:
+        """The items and extensions (`extensions/NAME`) that --only's patterns match."""
+        items = [i for i in plan.items if any(fnmatch.fnmatch(i.key, p) for p in patterns)]
+        extensions = [e for e in plan.extensions if any(fnmatch.fnmatch(e.key, p) for p in patterns)]
+        if not items and not extensions:
+            names = ", ".join([i.key for i in plan.items] + [e.key for e in plan.extensions])
             raise ConfigError([f"--only {' '.join(patterns)}: matches no item (the items: {names})"])
-        return chosen
+        return items, extensions
+
+    def _install_extensions(self, extensions: list[Extension]):
+        from . import extensions as installer  # archives, hashes and uv: only when the config has some
+
+        with workspace_lock(paths.state_dir(self.workspace), wait=self.wait):
+            return installer.install_all(extensions, self.workspace, update=self.update or self.force)
+
+    def _planned_extensions(self, extensions: list[Extension]) -> list[ItemResult]:
+        from .extensions import folder_of
+
+        return [
+            ItemResult(
+                "extensions",
+                e.name,
+                "github" if e.github else "url",
+                str(folder_of(e, self.workspace)),
+                PLANNED,
+            )
+            for e in extensions
+        ]
 
     def _preflight(self, items: list[Item], report: Report) -> list[Item]:
         runnable: list[Item] = []
@@ -284,11 +321,12 @@ class Provisioner:
         lock_file = f" --lock-file {redact(str(self.lock_file))}" if self.lock_file else ""
         return f"provision lock {redact(str(config))}{lock_file} --upgrade --only {{item}}"
 
-    def _update_lock(self, lock: lockfile.Lock, where: str, plan: Plan, outcome, config) -> None:
-        new = lockfile.merged(lock, plan, self._locked_files(plan, outcome))
+    def _update_lock(self, lock: lockfile.Lock, where: str, plan: Plan, outcome, config, installed) -> None:
+        new = lockfile.merged(lock, plan, self._locked_files(plan, outcome), installed)
         if new != lock:
             lockfile.write_lock(Path(where), new, str(config))
-            log.info(f"updated the lock {where}: {len(new.items)} items, {len(new.files)} files")
+            extensions = f", {len(new.extensions)} extensions" if new.extensions else ""
+            log.info(f"updated the lock {where}: {len(new.items)} items, {len(new.files)} files{extensions}")
 
 
 class LockFailed(Exception):

@@ -22,6 +22,9 @@ GDRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_CIVITAI_ENDPOINT = "https://civitai.com"
 DEFAULT_GDRIVE_ENDPOINT = "https://drive.google.com"
+DEFAULT_GITHUB_ENDPOINT = "https://github.com"
+GITHUB_HOSTS = {"github.com", "www.github.com"}
+_GITHUB_REPO = re.compile(r"^/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$")
 
 _HF_RESOLVE = re.compile(r"^/(?P<repo>[\w.-]+/[\w.-]+)/(?:resolve|blob)/(?P<rev>[^/]+)/(?P<path>.+)$")
 _CIVITAI_DOWNLOAD = re.compile(r"^/api/download/models/(?P<id>\d+)/?$")
@@ -98,3 +101,21 @@ def recognise(
 ) -> HuggingFaceSpec | CivitaiSpec | GDriveSpec | None:
     """The spec of a known service for this URL, or None for a plain URL."""
     return huggingface_spec(url, env) or civitai_spec(url, env) or gdrive_spec(url, env)
+
+
+def github_repository(url: str, env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """(owner, repo) of a GitHub repository URL (`https://github.com/OWNER/REPO[.git]`), or None.
+    GITHUB_ENDPOINT (default https://github.com) counts too: a test server or an enterprise host."""
+    env = os.environ if env is None else env
+    if not _is_service(url, env, "GITHUB_ENDPOINT", DEFAULT_GITHUB_ENDPOINT, GITHUB_HOSTS):
+        return None
+    match = _GITHUB_REPO.match(urlsplit(url).path)
+    return (match["owner"], match["repo"]) if match else None
+
+
+def github_archive_url(owner: str, repo: str, commit: str, env: Mapping[str, str] | None = None) -> str:
+    """Where GitHub serves a commit as a tar.gz made by `git archive` (it redirects to codeload)."""
+    env = os.environ if env is None else env
+    return (
+        f"{endpoint(env, 'GITHUB_ENDPOINT', DEFAULT_GITHUB_ENDPOINT)}/{owner}/{repo}/archive/{commit}.tar.gz"
+    )

@@ -14,7 +14,7 @@ a locked item into downloads (sources/locked.py); run.py reports what new items 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -22,7 +22,7 @@ from .config import ConfigError, parse_toml
 from .configsource import is_remote, read_config
 from .download import Checksum, Download
 from .paths import write_atomically
-from .plan import Item, LockedFile, Plan, UrlSpec
+from .plan import Item, LockedExtension, LockedFile, Plan, UrlSpec
 
 LOCK_VERSION = 1
 # Where each hash came from (the `sha256_from` key): said in the lock and in the output.
@@ -43,6 +43,8 @@ PIN_KEYS = {
 class Lock:
     items: dict[str, str]  # "category/name" -> what the config asked for (`request`)
     files: list[LockedFile]
+    # "NAME" -> (what the config asked for, what it resolved to): `[[extension]]` tables.
+    extensions: dict[str, tuple[str, LockedExtension]] = field(default_factory=dict)
 
     def files_of(self, name: str) -> tuple[LockedFile, ...]:
         return tuple(f for f in self.files if f.item == name)
@@ -76,10 +78,12 @@ def request(item: Item, models_root: Path) -> str:
 
 def compare(lock: Lock, plan: Plan) -> LockDiff:
     asked = {i.key: request(i, plan.models_root) for i in plan.items}
+    asked.update({e.key: e.asked for e in plan.extensions})
+    lock_items = {**lock.items, **{f"extensions/{n}": asked_ for n, (asked_, _) in lock.extensions.items()}}
     return LockDiff(
-        added=[n for n in asked if n not in lock.items],
-        changed=[n for n in asked if n in lock.items and lock.items[n] != asked[n]],
-        removed=[n for n in lock.items if n not in asked],
+        added=[n for n in asked if n not in lock_items],
+        changed=[n for n in asked if n in lock_items and lock_items[n] != asked[n]],
+        removed=[n for n in lock_items if n not in asked],
     )
 
 
@@ -105,6 +109,10 @@ def attach(plan: Plan, lock: Lock, *, except_names: set[str] | None = None) -> N
                     [f"lock entry {name}: path {file.path!r} is not where the item goes: lock again"]
                 )
         item.locked = files
+    for extension in plan.extensions:
+        asked, locked = lock.extensions.get(extension.name, (None, None))
+        if asked == extension.asked and extension.key not in (except_names or set()):
+            extension.locked = locked
 
 
 def locked_files(
@@ -142,9 +150,15 @@ def locked_files(
     return out
 
 
-def merged(lock: Lock | None, plan: Plan, resolved: dict[str, list[LockedFile]]) -> Lock:
+def merged(
+    lock: Lock | None,
+    plan: Plan,
+    resolved: dict[str, list[LockedFile]],
+    extensions: dict[str, LockedExtension] | None = None,
+) -> Lock:
     """The lock for this plan: each item's newly resolved files, else its locked ones; items no
-    longer in the config are dropped. Items with neither (they failed) are left out."""
+    longer in the config are dropped. Items with neither (they failed) are left out. The same for
+    extensions (`extensions`: those installed by this run, by name)."""
     items: dict[str, str] = {}
     files: list[LockedFile] = []
     for item in plan.items:
@@ -157,7 +171,12 @@ def merged(lock: Lock | None, plan: Plan, resolved: dict[str, list[LockedFile]])
             continue
         items[name] = request(item, plan.models_root)
         files.extend(sorted(chosen, key=lambda f: f.path))
-    return Lock(items, files)
+    pinned: dict[str, tuple[str, LockedExtension]] = {}
+    for extension in plan.extensions:
+        locked = (extensions or {}).get(extension.name) or extension.locked
+        if locked is not None:
+            pinned[extension.name] = (extension.asked, locked)
+    return Lock(items, files, pinned)
 
 
 # --- where it lives ---------------------------------------------------------------------------
@@ -184,13 +203,35 @@ def read_lock(source: str, *, offline: bool = False) -> Lock:
     try:
         items = {str(entry["name"]): str(entry["request"]) for entry in data.get("item", [])}
         files = [_locked_file(entry) for entry in data.get("file", [])]
+        extensions = {
+            str(entry["name"]): (str(entry["request"]), _locked_extension(entry))
+            for entry in data.get("extension", [])
+        }
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError([f"{origin}: a damaged lock entry ({err}): {again}"]) from None
     for file in files:
         parts = PurePosixPath(file.path).parts
         if file.item not in items or not parts or file.path.startswith("/") or ".." in parts:
             raise ConfigError([f"{origin}: entry {file.item}: bad path {file.path!r}: {again}"])
-    return Lock(items, files)
+    return Lock(items, files, extensions)
+
+
+def _locked_extension(entry: dict) -> LockedExtension:
+    packages = entry.get("packages", [])
+    if not isinstance(packages, list) or not all(
+        isinstance(p, str) and "--hash=sha256:" in p for p in packages
+    ):
+        raise ValueError(f"extension {entry['name']}: packages must be pinned lines with their hashes")
+    for key in ("archive_sha256", "tree_sha256"):
+        if not isinstance(entry[key], str) or len(entry[key]) != 64:
+            raise ValueError(f"extension {entry['name']}: {key}")
+    return LockedExtension(
+        name=str(entry["name"]),
+        archive_sha256=entry["archive_sha256"],
+        tree_sha256=entry["tree_sha256"],
+        commit=entry.get("commit"),
+        packages=tuple(packages),
+    )
 
 
 def _locked_file(entry: dict) -> LockedFile:
@@ -239,6 +280,16 @@ def render(lock: Lock, config: str) -> str:
         }
         lines += ["", "[[file]]"]
         lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
+    for name, (asked, locked) in lock.extensions.items():
+        lines += ["", "[[extension]]", f"name = {_toml(name)}", f"request = {_toml(asked)}"]
+        if locked.commit:
+            lines.append(f"commit = {_toml(locked.commit)}")
+        lines += [
+            f"archive_sha256 = {_toml(locked.archive_sha256)}",
+            f"tree_sha256 = {_toml(locked.tree_sha256)}",
+        ]
+        if locked.packages:
+            lines += ["packages = [", *(f"  {_toml(p)}," for p in locked.packages), "]"]
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,8 +142,53 @@ def lock_digest(files: tuple[LockedFile, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class LockedExtension:
+    """An extension as a lock pins it (lockfile.py): the exact bytes and the exact packages."""
+
+    name: str
+    archive_sha256: str  # of the archive as downloaded
+    tree_sha256: str  # of the files unpacked (extensions.tree_hash): what is checked on disk
+    commit: str | None = None  # a GitHub repository's commit, as its archive states it
+    # Its Python packages that the image lacks, as uv writes them: "name==version --hash=sha256:...".
+    packages: tuple[str, ...] = ()
+
+
+@dataclass
+class Extension:
+    """One `[extensions.NAME]` of the config: an SD.Next extension unpacked into
+    `<workspace>/sdnext/extensions/NAME`, its Python requirements into the overlay (overlay.py)."""
+
+    name: str
+    url: str  # as the config gives it: a GitHub repository or an archive
+    commit: str | None  # a GitHub repository: the commit (40 hex digits)
+    sha256: str | None  # an archive URL: its sha256
+    # None: the extension's own requirements.txt; else exactly these (PEP 508 lines).
+    requirements: tuple[str, ...] | None = None
+    github: tuple[str, str] | None = None  # (owner, repo) when `url` is a GitHub repository
+    locked: LockedExtension | None = None  # what the lock pins it to, when it does
+
+    @property
+    def key(self) -> str:
+        return f"extensions/{self.name}"
+
+    @property
+    def table(self) -> str:
+        return f"extensions.{self.name}"
+
+    @property
+    def asked(self) -> str:
+        """What the config asks for, as one stable string: the lock's `request`."""
+        wanted = f"{self.url}@{self.commit}" if self.commit else f"{self.url}#sha256={self.sha256}"
+        requirements = (
+            "requirements.txt" if self.requirements is None else json.dumps(list(self.requirements))
+        )
+        return f"extension:{wanted}:{requirements}"
+
+
 @dataclass
 class Plan:
     models_root: Path
     items: list[Item]
     warnings: list[str] = field(default_factory=list)
+    extensions: list[Extension] = field(default_factory=list)

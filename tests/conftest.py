@@ -19,6 +19,7 @@ from .fakes.server import TLS_TRUST
 from .runtime_harness import missing_runtime_tool, runtime_starter
 
 REPO = Path(__file__).resolve().parent.parent
+ENDPOINT_VARS = ("HF_ENDPOINT", "CIVITAI_ENDPOINT", "GDRIVE_ENDPOINT", "GITHUB_ENDPOINT")
 # Git archives of SD.Next and its extensions for a machine without GitHub (their README lists them).
 SOURCES = REPO.parent / "shared" / "sources"
 SECRET_VARS = (
@@ -30,6 +31,7 @@ SECRET_VARS = (
     "HF_ENDPOINT",
     "CIVITAI_ENDPOINT",
     "GDRIVE_ENDPOINT",
+    "GITHUB_ENDPOINT",
     "WORKSPACE",
 )
 
@@ -40,7 +42,7 @@ def clean_env(monkeypatch, tmp_path):
     every endpoint points at a closed loopback port unless a fake replaces it."""
     for name in SECRET_VARS:
         monkeypatch.delenv(name, raising=False)
-    for name in ("HF_ENDPOINT", "CIVITAI_ENDPOINT", "GDRIVE_ENDPOINT"):
+    for name in ENDPOINT_VARS:
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     monkeypatch.setenv("PROVISION_RETRY_BASE", "0.01")  # fast retries; the count stays the same
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -95,7 +97,6 @@ def cli(capsys, workspace):
     return run
 
 
-ENDPOINT_VARS = ("HF_ENDPOINT", "CIVITAI_ENDPOINT", "GDRIVE_ENDPOINT")
 
 
 def child_env() -> dict[str, str]:

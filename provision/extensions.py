@@ -1,0 +1,399 @@
+"""SD.Next extensions the config declares (`[extensions.NAME]`): fetched, checked and unpacked into
+`<workspace>/sdnext/extensions/NAME`, the folder SD.Next loads user extensions from (its data
+dir's `extensions/`: modules/paths.py at tag 2026-07-14).
+
+A GitHub repository is fetched as the archive GitHub makes of the commit (`/archive/COMMIT.tar.gz`,
+over HTTPS: no git needed); its `git archive` header must name that commit. Any other archive must
+match the sha256 the config gives. Either way the unpacked files are hashed (`tree_hash`) and a lock
+pins that hash, so the next host gets the same files even if GitHub compresses them anew.
+
+The files appear at once: unpacked under `.provision/staging/`, then renamed into place (an old
+version is renamed aside first and removed after). An archive entry that would land outside the
+folder, a link, a device or a setuid bit is refused (tarfile's `data` filter; zip names checked).
+The Python packages an extension needs are overlay.py's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import requests
+
+from . import failures, links, overlay, paths
+from .http import TIMEOUT, new_session
+from .plan import Extension, LockedExtension
+from .report import FAILED, OK, SKIPPED, ItemResult
+from .secrets import redact
+
+log = logging.getLogger("provision")
+
+MAX_ARCHIVE = 512 * 1024 * 1024  # an extension is code: a bigger archive is a wrong URL
+
+
+class ExtensionError(Exception):
+    """The extension cannot be installed; the message names it and what to do."""
+
+
+@dataclass
+class Unpacked:
+    """An extension fetched and checked, in its staging folder; `place` puts it where SD.Next looks."""
+
+    extension: Extension
+    folder: Path  # the staging folder holding its files
+    archive_sha256: str
+    tree_sha256: str
+    commit: str | None
+    size: int  # archive bytes
+    requirements: list[str] = field(default_factory=list)
+
+
+def extensions_root(workspace: Path) -> Path:
+    return workspace / "sdnext" / "extensions"
+
+
+def folder_of(extension: Extension, workspace: Path) -> Path:
+    return extensions_root(workspace) / extension.name
+
+
+def archive_url(extension: Extension) -> str:
+    if extension.github:
+        owner, repo = extension.github
+        return links.github_archive_url(owner, repo, extension.commit or "")
+    return extension.url
+
+
+# --- what is in place --------------------------------------------------------------------------
+
+
+def tree_hash(folder: Path) -> str:
+    """The sha256 of a folder's files: each path, whether it is executable and its content's
+    sha256, in path order. The same files give the same hash whatever archive carried them."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if not p.is_dir()):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            digest.update(f"{relative}\0link\0{os.readlink(path)}\n".encode())
+            continue
+        executable = "x" if path.stat().st_mode & stat.S_IXUSR else "-"
+        content = hashlib.sha256(path.read_bytes()).hexdigest()  # extensions are small
+        digest.update(f"{relative}\0{executable}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+class Records:
+    """What this workspace installed (`.provision/extensions.json`): per extension, the config's
+    request and the tree hash it got. An extension whose folder still hashes the same needs no
+    request: a restart works offline."""
+
+    def __init__(self, workspace: Path):
+        self.path = paths.state_dir(workspace) / "extensions.json"
+        try:
+            self.data: dict[str, dict] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+
+    def in_place(self, extension: Extension, workspace: Path) -> LockedExtension | None:
+        """What is installed, if it is what the config (and the lock, if any) asks for."""
+        entry = self.data.get(extension.name)
+        folder = folder_of(extension, workspace)
+        if not entry or entry.get("request") != extension.asked or not folder.is_dir():
+            return None
+        installed = LockedExtension(
+            extension.name,
+            entry["archive_sha256"],
+            entry["tree_sha256"],
+            entry.get("commit"),
+            tuple(entry.get("packages", ())),
+        )
+        locked = extension.locked
+        if locked is not None and (locked.tree_sha256, locked.packages) != (
+            installed.tree_sha256,
+            installed.packages,
+        ):
+            return None
+        return installed if tree_hash(folder) == installed.tree_sha256 else None
+
+    def store(self, extension: Extension, installed: LockedExtension) -> None:
+        self.data[extension.name] = {
+            "request": extension.asked,
+            "archive_sha256": installed.archive_sha256,
+            "tree_sha256": installed.tree_sha256,
+            "commit": installed.commit,
+            "packages": list(installed.packages),
+        }
+        paths.write_atomically(self.path, json.dumps(self.data, indent=2, sort_keys=True))
+
+
+# --- fetch and unpack ------------------------------------------------------------------------
+
+
+def fetch(extension: Extension, workspace: Path, session: requests.Session | None = None) -> Unpacked:
+    """Download the extension's archive, check it and unpack it into a staging folder."""
+    staging = paths.state_dir(workspace) / "staging" / "extensions"
+    staging.mkdir(parents=True, exist_ok=True)
+    url = archive_url(extension)
+    own_session = session is None
+    session = session or new_session(pool_size=2)
+    try:
+        data = _download(session, url, extension)
+    finally:
+        if own_session:
+            session.close()
+    archive_sha256 = hashlib.sha256(data).hexdigest()
+    if extension.sha256 and archive_sha256 != extension.sha256:
+        raise ExtensionError(
+            f"{extension.table}: the archive's sha256 is {archive_sha256}, the config says"
+            f" {extension.sha256}: check the URL, or put the new sha256 in the config if you trust it"
+        )
+    folder = staging / f"{extension.name}.{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        commit = _unpack(data, folder, extension)
+        tree = tree_hash(folder)
+        locked = extension.locked
+        if locked is not None and tree != locked.tree_sha256:
+            raise ExtensionError(
+                f"{extension.table}: the files of {redact(url)} differ from what the lock pins"
+                f" (tree sha256 {tree}, locked {locked.tree_sha256}): run `provision lock CONFIG"
+                f" --upgrade --only {extension.key}` if the change is expected"
+            )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Unpacked(extension, folder, archive_sha256, tree, commit, len(data), read_requirements(folder))
+
+
+def _download(session: requests.Session, url: str, extension: Extension) -> bytes:
+    shown = redact(url)
+    try:
+        with session.get(url, stream=True, timeout=TIMEOUT) as response:
+            if response.status_code == 404:
+                what = "the commit" if extension.github else "the archive"
+                raise ExtensionError(f"{extension.table}: {shown} answered 404: check the URL and {what}")
+            if response.status_code != 200:
+                raise ExtensionError(f"{extension.table}: {shown} answered HTTP {response.status_code}")
+            body = io.BytesIO()
+            for chunk in response.iter_content(1024 * 1024):
+                body.write(chunk)
+                if body.tell() > MAX_ARCHIVE:
+                    raise ExtensionError(
+                        f"{extension.table}: {shown} is over {MAX_ARCHIVE >> 20} MiB: not an extension"
+                    )
+            return body.getvalue()
+    except requests.RequestException as err:
+        failure = failures.classify(err, url)
+        reason = failure.message(1) if failure else redact(str(err))
+        raise ExtensionError(f"{extension.table}: {reason}") from None
+
+
+def _unpack(data: bytes, folder: Path, extension: Extension) -> str | None:
+    """Unpack into `folder` (a single top folder, as GitHub's archives have, is dropped); for a
+    GitHub commit return it once checked against the archive's own header."""
+    folder.mkdir(parents=True)
+    commit = None
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            for name in names:
+                _check_member(name, extension)
+            strip = _common_top(names)
+            for name in names:
+                target = folder.joinpath(*PurePosixPath(name).parts[strip:])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(name) as source, target.open("wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    else:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+                commit = _unpack_tar(archive, folder, extension)
+        except tarfile.TarError:
+            raise ExtensionError(
+                f"{extension.table}: {redact(archive_url(extension))} is not a tar or zip archive"
+                " (or a damaged one)"
+            ) from None
+    if extension.github and commit is None:
+        raise ExtensionError(f"{extension.table}: the archive states no commit: not GitHub's archive of it")
+    return commit
+
+
+def _unpack_tar(archive: tarfile.TarFile, folder: Path, extension: Extension) -> str | None:
+    commit = archive.pax_headers.get("comment")  # `git archive` writes the commit there
+    if extension.github and commit != extension.commit:
+        raise ExtensionError(
+            f"{extension.table}: the archive is of commit {commit or '(none stated)'}, not"
+            f" {extension.commit}: check GITHUB_ENDPOINT and the commit"
+        )
+    members = [m for m in archive.getmembers() if not m.isdir()]
+    for member in members:
+        _check_member(member.name, extension)
+        if not (member.isfile() or member.issym()):
+            raise ExtensionError(f"{extension.table}: the archive holds {member.name!r}, not a file")
+    strip = _common_top([m.name for m in members])
+    for member in members:
+        member.name = PurePosixPath(*PurePosixPath(member.name).parts[strip:]).as_posix()
+        try:
+            archive.extract(member, folder, filter="data")
+        except tarfile.FilterError as err:
+            raise ExtensionError(f"{extension.table}: refused an archive entry: {err}") from None
+    return commit
+
+
+def _check_member(name: str, extension: Extension) -> None:
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts or "\\" in name:
+        raise ExtensionError(f"{extension.table}: the archive holds {name!r}, a path outside its folder")
+
+
+def _common_top(names: list[str]) -> int:
+    """1 when every name sits under one top folder (GitHub's `REPO-COMMIT/`), else 0."""
+    tops = {PurePosixPath(n).parts[0] for n in names}
+    return 1 if len(tops) == 1 and all(len(PurePosixPath(n).parts) > 1 for n in names) else 0
+
+
+def read_requirements(folder: Path) -> list[str]:
+    """The extension's requirements.txt: one requirement per line, comments and pip options
+    (`-r`, `--index-url`: not ours to follow) left out."""
+    file = folder / "requirements.txt"
+    if not file.is_file():
+        return []
+    lines = []
+    for raw in file.read_text(errors="replace").splitlines():
+        line = raw.split(" #")[0].strip()
+        if line and not line.startswith(("#", "-")):
+            lines.append(line)
+    return lines
+
+
+def place(unpacked: Unpacked, workspace: Path) -> Path:
+    """Rename the staging folder into place; an older version is renamed aside first."""
+    target = folder_of(unpacked.extension, workspace)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = unpacked.folder.with_name(f"{unpacked.folder.name}.old")
+    if target.exists() or target.is_symlink():
+        os.rename(target, old)
+    os.rename(unpacked.folder, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def discard(unpacked: Unpacked) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(unpacked.folder)
+
+
+# --- a run -------------------------------------------------------------------------------------
+
+
+def install_all(
+    extensions: list[Extension], workspace: Path, *, update: bool = False
+) -> tuple[list[ItemResult], dict[str, LockedExtension]]:
+    """Install every declared extension and, together, their packages (overlay.py). An extension
+    recorded as in place is not fetched (`update`: fetched again). Returns a result per extension
+    and what each installed one is pinned to, for the lock."""
+    records = Records(workspace)
+    results: dict[str, ItemResult] = {}
+    pinned: dict[str, LockedExtension] = {}
+    fetched: list[Unpacked] = []
+    image: dict[str, str] | None = None
+    for extension in extensions:
+        start = time.monotonic()
+        result = ItemResult(
+            "extensions", extension.name, _source(extension), str(folder_of(extension, workspace)), OK
+        )
+        result.verified = "commit, files" if extension.github else "sha256, files"
+        results[extension.name] = result
+        try:
+            have = None if update else records.in_place(extension, workspace)
+            if have is not None:
+                result.status, result.verified = SKIPPED, "records"
+                pinned[extension.name] = have
+                continue
+            folder = folder_of(extension, workspace)
+            if (folder.exists() or folder.is_symlink()) and extension.name not in records.data:
+                raise ExtensionError(
+                    f"{extension.table}: {folder} is there already and provision did not put it there:"
+                    " move it away (or rename this entry) so nothing of yours is replaced"
+                )
+            unpacked = fetch(extension, workspace)
+            result.size = result.bytes = unpacked.size
+            if extension.locked is not None:
+                packages = extension.locked.packages
+            else:
+                wanted = (
+                    unpacked.requirements if extension.requirements is None else list(extension.requirements)
+                )
+                packages = ()
+                if wanted:
+                    if image is None:
+                        image = overlay.image_packages(overlay.sdnext_python())
+                    packages = overlay.resolve(extension.table, wanted, image, workspace)
+            pinned[extension.name] = LockedExtension(
+                extension.name, unpacked.archive_sha256, unpacked.tree_sha256, unpacked.commit, packages
+            )
+            fetched.append(unpacked)
+        except (ExtensionError, overlay.OverlayError, OSError) as err:
+            result.status, result.reason = FAILED, str(err).removeprefix(f"{extension.table}: ")
+            log.error(f"error: {extension.table}: {result.reason}")
+        finally:
+            result.seconds = round(time.monotonic() - start, 3)
+    _install_packages(pinned, fetched, results, workspace)
+    for unpacked in fetched:
+        name = unpacked.extension.name
+        if results[name].status == FAILED:
+            discard(unpacked)
+            pinned.pop(name, None)
+            continue
+        place(unpacked, workspace)
+        records.store(unpacked.extension, pinned[name])
+        log.info(f"{unpacked.extension.table}: installed in {folder_of(unpacked.extension, workspace)}")
+    return list(results.values()), pinned
+
+
+def _install_packages(
+    pinned: dict[str, LockedExtension],
+    fetched: list[Unpacked],
+    results: dict[str, ItemResult],
+    workspace: Path,
+) -> None:
+    """One overlay for every extension's packages; a failure fails the extensions that are new
+    and need packages (the overlay in place stays as it was)."""
+    by_name: dict[str, tuple[str, str]] = {}  # package -> (pinned line, the extension asking)
+    for name, locked in pinned.items():
+        for line in locked.packages:
+            package = line.split("==")[0].lower()
+            other = by_name.setdefault(package, (line, name))
+            if other[0].split()[0] != line.split()[0]:
+                results[name].status = FAILED
+                results[name].reason = (
+                    f"needs {line.split()[0]}, but extensions.{other[1]} needs"
+                    f" {other[0].split()[0]}: leave one of them out"
+                )
+                log.error(f"error: extensions.{name}: {results[name].reason}")
+    wanted = [
+        line for name, locked in pinned.items() if results[name].status != FAILED for line in locked.packages
+    ]
+    try:
+        overlay.install(wanted, workspace)
+    except (overlay.OverlayError, OSError) as err:
+        for unpacked in fetched:
+            name = unpacked.extension.name
+            if pinned[name].packages and results[name].status != FAILED:
+                results[name].status = FAILED
+                results[name].reason = f"its Python packages were not installed: {err}"
+                log.error(f"error: extensions.{name}: {results[name].reason}")
+
+
+def _source(extension: Extension) -> str:
+    return "github" if extension.github else "url"
