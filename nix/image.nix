@@ -19,6 +19,7 @@
   gperftools,
   python3,
   provision,
+  uv,
   sdnext,
   # The terminal's tools (web terminal and SSH): README "The container" lists them.
   gnugrep,
@@ -119,6 +120,7 @@ let
           logdy
           python3 # the login guard (runtime/lib/login_guard.py); provision's own interpreter
           provision
+          uv # provision installs the extensions' packages with it (provision/overlay.py)
           sdnext
         ]
         ++ tools

@@ -22,6 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 ENDPOINT_VARS = ("HF_ENDPOINT", "CIVITAI_ENDPOINT", "GDRIVE_ENDPOINT", "GITHUB_ENDPOINT")
 # Git archives of SD.Next and its extensions for a machine without GitHub (their README lists them).
 SOURCES = REPO.parent / "shared" / "sources"
+# A real wheel from PyPI that the fake package index serves (tests/run.sh downloads it): small,
+# pure Python, not in the image, so an extension that needs it gets it in the overlay.
+WHEELS = Path(sys.prefix) / "test-wheels"
+INFLECTION = "inflection-0.5.1-py2.py3-none-any.whl"
 SECRET_VARS = (
     "HF_TOKEN",
     "CIVITAI_TOKEN",
@@ -95,8 +99,6 @@ def cli(capsys, workspace):
         return CliResult(code, captured.out, captured.err)
 
     return run
-
-
 
 
 def child_env() -> dict[str, str]:

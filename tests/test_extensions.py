@@ -14,13 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_module, sha256, tree
+from .conftest import INFLECTION, WHEELS, run_module, sha256, tree
 from .fakes.github import FakeGitHub, commit_files
 from .fakes.pypi import FakePyPI
 
-# A real wheel from PyPI (tests/run.sh downloads it): small, pure Python, not in the image.
-WHEELS = Path(sys.prefix) / "test-wheels"
-INFLECTION = "inflection-0.5.1-py2.py3-none-any.whl"
 EXTENSION_FILES = {
     "scripts/tiny.py": "import inflection\n\nNAME = inflection.camelize('tiny_extension')\n",
     "requirements.txt": "# what install.py would pip-install\ninflection==0.5.1\n",

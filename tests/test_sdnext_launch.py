@@ -221,3 +221,32 @@ def test_torch_compile_is_off_without_a_gpu_and_on_with_one(gpu, args, disabled)
 def test_a_users_own_torch_compile_setting_wins():
     env = build({**BASE, "TORCH_COMPILE_DISABLE": "0"}, gpu=False).env
     assert env["TORCH_COMPILE_DISABLE"] == "0"
+
+
+def test_the_extensions_packages_come_after_the_images_own(tmp_path):
+    """A real interpreter started with the launcher's environment: a package only the overlay
+    has is found there, and one the image has too (numpy) is the image's, however the overlay's
+    copy claims to be newer."""
+    python = Path(os.environ.get("SDNEXT_VENV", Path(sys.prefix) / "sdnext")) / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{python} is missing: tests/run.sh makes it")
+        pytest.skip(f"{python} is missing: run tests/run.sh once")
+    overlay = tmp_path / "ws" / "sdnext" / "extension-packages"
+    (overlay / "numpy").mkdir(parents=True)
+    (overlay / "numpy" / "__init__.py").write_text("__version__ = '99.0'\n")
+    (overlay / "tinydep.py").write_text("WHERE = 'overlay'\n")
+    launch = build({**BASE, "WORKSPACE": str(tmp_path / "ws")})
+    code = "import numpy, tinydep; print(numpy.__version__, tinydep.WHERE)"
+    env = {k: v for k, v in launch.env.items() if k not in ("LD_PRELOAD",)}
+
+    shown = subprocess.run([str(python), "-c", code], env=env, capture_output=True, text=True, check=True)
+
+    image_numpy = subprocess.run(
+        [str(python), "-c", "import numpy; print(numpy.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    assert shown.stdout.split() == [image_numpy, "overlay"]
+    assert launch.env["SDNEXT_EXTENSION_PACKAGES"] == str(overlay)

@@ -5,14 +5,17 @@ installed by uv) and, for the source, ../shared/sources (git archives of the tag
 extension commit the pin names) or GitHub. The test:
 
 1. makes a tiny random-weight SD 1.x pipeline and a LoRA for it (tests/sdnext_tiny.py) and
-   serves them as a Hub repository and a plain URL (the fakes);
+   serves them as a Hub repository and a plain URL, and a tiny extension (an API route that
+   answers with what a PyPI package computes) as GitHub's archive of a commit (the fakes);
 2. starts sdnext-launch with `--use-cpu all` from the read-only source, as the image does, with
    no git, pip or uv on PATH;
 3. runs `provision` into the workspace while SD.Next runs, then `sdnext-refresh` (exit 0);
 4. finds every provisioned model in SD.Next's API, and makes a 64x64 image without the LoRA,
    with it (another image, the LoRA named in its info) and without it again (the first image);
 5. stops the launcher with SIGTERM: nothing of SD.Next keeps running, its port is free, no
-   installer ran, the source tree is unchanged and the compile caches are in the workspace.
+   installer ran, the source tree is unchanged and the compile caches are in the workspace;
+6. with every server gone, provisions again (nothing to fetch) and starts SD.Next again: the
+   extension is in SD.Next's list and its route answers, its package loaded from the overlay.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ import requests
 
 from provision.categories import PIN
 
-from .conftest import REPO, SOURCES, child_env, run_module
+from .conftest import INFLECTION, REPO, SOURCES, WHEELS, child_env, run_module
+from .fakes.github import FakeGitHub, commit_files
+from .fakes.pypi import FakePyPI
 from .runtime_harness import free_port, listening
 
 LAUNCHER = REPO / "nix" / "sdnext" / "sdnext_launch.py"
@@ -205,6 +210,50 @@ def wait_until_answering(process: subprocess.Popen, port: int, seen: set[str], o
     pytest.fail(f"SD.Next did not answer /sdapi/v1/status (exit {process.poll()}):\n{text[-6000:]}")
 
 
+# A user extension as SD.Next loads them (scripts/*.py of sdnext/extensions/NAME): an API route
+# that answers with what its PyPI package computes, where the package was loaded from, and the
+# user extensions SD.Next lists as enabled (what its Extensions tab shows).
+TINY_EXTENSION = {
+    "requirements.txt": "inflection==0.5.1\n",
+    "scripts/tiny_route.py": """
+import inflection
+from modules import extensions, script_callbacks
+
+
+def add_route(_demo, app):
+    @app.get("/tiny-extension/hello")
+    def hello():
+        enabled = [e.name for e in extensions.extensions if e.enabled and not e.is_builtin]
+        return {"camel": inflection.camelize("tiny_extension"), "module": inflection.__file__, "enabled": enabled}
+
+
+script_callbacks.on_app_started(add_route)
+""",
+}
+
+
+def start_sdnext(sdnext_venv: Path, env: dict, port: int, output: Path) -> subprocess.Popen:
+    with open(output, "ab") as log:
+        return subprocess.Popen(
+            [f"{sdnext_venv}/bin/python", str(LAUNCHER), "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_sdnext(process: subprocess.Popen) -> list[int]:
+    """SIGTERM to the launcher only, as s6 stops the service; returns the tree it had."""
+    tree = [*descendants(process.pid), process.pid]
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    return tree
+
+
 def test_provisioned_models_generate_images_in_the_real_sdnext(
     sdnext_venv, sdnext_source, tiny, hub, cdn, write_config, tmp_path
 ):
@@ -216,11 +265,26 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
     )
     lora = (tiny / "tiny-lora.safetensors").read_bytes()
     cdn.add("/loras/tiny-lora.safetensors", lora)
+    # The extension, as GitHub serves a commit; its package from a PyPI-like index.
+    github = FakeGitHub().start()
+    extension_commit = commit_files(tmp_path / "sd-tiny-route", TINY_EXTENSION)
+    github.add("someone/sd-tiny-route", tmp_path / "sd-tiny-route")
+    pypi = FakePyPI(wheels=WHEELS).start()
+    assert (WHEELS / INFLECTION).exists(), "tests/run.sh downloads it"
     config = write_config(
         '[models.diffusers.tiny-sd]\nrepo = "tests/tiny-sd"\n\n'
         f'[models.lora.tiny-lora]\nurl = "{cdn.url}/loras/tiny-lora.safetensors"\n'
-        f'sha256 = "{hashlib.sha256(lora).hexdigest()}"\n'
+        f'sha256 = "{hashlib.sha256(lora).hexdigest()}"\n\n'
+        '[extensions.tiny-route]\nurl = "https://github.com/someone/sd-tiny-route"\n'
+        f'commit = "{extension_commit}"\n'
     )
+    provision_env = {
+        "GITHUB_ENDPOINT": github.url,
+        "UV_DEFAULT_INDEX": pypi.index_url,
+        "UV_NO_CONFIG": "1",
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "SDNEXT_PYTHON": str(sdnext_venv / "bin" / "python"),
+    }
 
     before = snapshot(sdnext_source)
     # As in the image: no git, pip or uv on PATH (this machine's tools, less those).
@@ -243,14 +307,7 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
         "HF_HUB_OFFLINE": "1",
     }
     output = tmp_path / "sdnext.out"
-    with open(output, "wb") as log:
-        process = subprocess.Popen(
-            [f"{sdnext_venv}/bin/python", str(LAUNCHER), "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_sdnext(sdnext_venv, env, port, output)
     seen: set[str] = set()
     tree: list[int] = []
     try:
@@ -259,7 +316,7 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
         assert "Diffusers/tiny-sd" not in json.dumps(api(port, "sd-models"))
 
         # provision while SD.Next runs, then the rescan the runtime's provision service asks for.
-        provisioned = run_module(str(config), "--workspace", str(workspace), timeout=600)
+        provisioned = run_module(str(config), "--workspace", str(workspace), env=provision_env, timeout=600)
         assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
         models = workspace / "sdnext" / "models"
         assert (models / "Lora" / "tiny-lora.safetensors").read_bytes() == lora
@@ -291,12 +348,7 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
         again, _ = txt2img(port, "a cat")
         assert again == plain  # same seed, LoRA unloaded: the same image
     finally:
-        tree = [*descendants(process.pid), process.pid]
-        process.send_signal(signal.SIGTERM)  # as s6 stops the service: the launcher only
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        tree = stop_sdnext(process)
 
     # Not just the launcher: SD.Next itself (behind accelerate) is gone and its port is free.
     deadline = time.monotonic() + 30
@@ -315,3 +367,29 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
     # What torch compiles at run time is cached on the workspace volume, never in the caller's /tmp.
     assert list(scratch.iterdir()) == []
     assert (workspace / ".cache" / "tmp").is_dir()
+
+    # A restart with the network gone: provision finds everything in place without a request,
+    # and the extension it installed while SD.Next ran is loaded now, its package from the overlay.
+    github.stop()
+    pypi.stop()
+    hub.stop()
+    cdn.stop()
+    again = run_module(str(config), "--workspace", str(workspace), env=provision_env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 items: 3 skipped" in again.stderr, again.stderr
+    process = start_sdnext(sdnext_venv, env, port, output)
+    try:
+        wait_until_answering(process, port, seen, output)
+        response = requests.get(f"http://127.0.0.1:{port}/tiny-extension/hello", timeout=60)
+        assert response.status_code == 200, output.read_text(errors="replace")[-4000:]
+        answer = response.json()
+        assert answer["camel"] == "TinyExtension"
+        assert answer["module"].startswith(str(workspace / "sdnext" / "extension-packages"))
+        assert answer["enabled"] == ["tiny-route"]
+    finally:
+        tree = stop_sdnext(process)
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert listening(port) == set()
+    assert snapshot(sdnext_source) == before

@@ -56,6 +56,8 @@ runCommand "sdnext-${pin.tag}"
   ''
     mkdir -p $out/bin $out/share/sdnext
     cp ${./sdnext_launch.py} $out/share/sdnext/sdnext_launch.py
+    # What puts the extensions' packages after the image's on sys.path (sdnext_launch.py).
+    cp -r ${./overlay_site} $out/share/sdnext/overlay_site
     # selftest reads the ignored libraries (and why) from the build's own fixes.
     cp ${./selftest.py} $out/share/sdnext/selftest.py
     cp ${./build-fixes.toml} $out/share/sdnext/build-fixes.toml
@@ -66,6 +68,10 @@ runCommand "sdnext-${pin.tag}"
       --suffix LD_LIBRARY_PATH : ${runtimeLibs} \
       --suffix PATH : ${compilerPath} \
       --set-default CC ${pkgs.gcc}/bin/gcc
+    # SD.Next's own interpreter: provision checks extensions' requirements against its packages
+    # (provision/overlay.py), and a user in the terminal can import what SD.Next imports.
+    makeWrapper ${env}/bin/python $out/bin/sdnext-python \
+      --suffix LD_LIBRARY_PATH : ${runtimeLibs}
     makeWrapper ${env}/bin/python $out/bin/selftest \
       --add-flags $out/share/sdnext/selftest.py \
       --suffix LD_LIBRARY_PATH : ${runtimeLibs} \

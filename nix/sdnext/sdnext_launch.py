@@ -8,7 +8,8 @@ Everything SD.Next needs is already in this Python environment, so it starts wit
 at once instead of downloading), and `"offline_mode": true` in a new config (no lazy installs).
 Everything it writes goes under $WORKSPACE: the data dir `sdnext/`, the models dir
 `sdnext/models/`, its log `logs/sdnext.log`, and byte-code under `.cache/` (the source folder
-may be the read-only Nix store).
+may be the read-only Nix store). User extensions are in `sdnext/extensions/` (SD.Next's own
+place) and their packages in `sdnext/extension-packages/`, after the image's on sys.path.
 
 Environment: WORKSPACE (/workspace), SDNEXT_SRC (the source folder; the image sets it),
 SDNEXT_ARGS (more SD.Next flags, split like a shell would, never evaluated), TCMALLOC_LIB (the
@@ -88,6 +89,11 @@ def build(
             "TMPDIR": str(workspace / ".cache" / "tmp"),
         }
     )
+    # The packages of the extensions the config declares (provision/overlay.py installs them):
+    # after the image's own, through overlay_site/sitecustomize.py, so the image's pins win.
+    child_env["SDNEXT_EXTENSION_PACKAGES"] = str(workspace / "sdnext" / "extension-packages")
+    site_dir = str(Path(__file__).resolve().parent / "overlay_site")
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (site_dir, env.get("PYTHONPATH")) if p)
     child_env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workspace / ".cache" / "torchinductor"))
     child_env.setdefault("TRITON_CACHE_DIR", str(workspace / ".cache" / "triton"))
     # Without a GPU, SD.Next's start-up test compiles a kernel with g++ (modules/devices.py,
