@@ -206,6 +206,12 @@ def _extension(name: str, entry: Any, env: Mapping[str, str], problems: list[str
             f"{where}: the name is its folder in sdnext/extensions: use letters, digits, '_', '-', '.'"
         )
         return None
+    if name in categories.PIN.get("extensions", {}):
+        problems.append(
+            f"{where}: SD.Next {categories.PIN['tag']} has a built-in extension of that name and skips"
+            " a user extension with it: give this one another name"
+        )
+        return None
     if not isinstance(entry, dict):
         problems.append(
             f'{where}: must be a table, like url = "https://github.com/OWNER/REPO" and commit = "..."'

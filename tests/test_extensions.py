@@ -253,6 +253,19 @@ def test_a_new_commit_replaces_the_files_and_a_folder_made_by_hand_is_left_alone
 )
 def test_config_errors_name_the_key_and_the_fix(tmp_path, workspace, write_config, entry, message):
     path = write_config(f"[extensions.x]\n{entry}\n")
+    check_refused(path, workspace, message)
+
+
+def test_a_built_in_extensions_name_is_refused(workspace, write_config):
+    """SD.Next skips a user extension named like a built-in one ("Skipping conflicting extension"):
+    it would be installed and never load."""
+    path = write_config(
+        f'[extensions.sdnext-kanvas]\nurl = "https://github.com/a/b"\ncommit = "{"a" * 40}"\n'
+    )
+    check_refused(path, workspace, "has a built-in extension of that name")
+
+
+def check_refused(path: Path, workspace: Path, message: str) -> None:
     result = run_module(str(path), "--workspace", str(workspace), env={"UV_NO_CONFIG": "1"})
     assert result.returncode == 2
     assert message in result.stderr
