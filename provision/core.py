@@ -227,18 +227,17 @@ class Provisioner:
             return installer.install_all(extensions, self.workspace, update=self.update or self.force)
 
     def _planned_extensions(self, extensions: list[Extension]) -> list[ItemResult]:
-        from .extensions import folder_of
+        """Dry-run rows: in place means recorded as installed and still the same files."""
+        from .extensions import Records, folder_of
 
-        return [
-            ItemResult(
-                "extensions",
-                e.name,
-                "github" if e.github else "url",
-                str(folder_of(e, self.workspace)),
-                PLANNED,
-            )
-            for e in extensions
-        ]
+        records = Records(self.workspace)
+        rows = []
+        for e in extensions:
+            source = "github" if e.github else "url"
+            row = ItemResult("extensions", e.name, source, str(folder_of(e, self.workspace)), PLANNED)
+            row.on_disk = "in place" if records.in_place(e, self.workspace) else "missing"
+            rows.append(row)
+        return rows
 
     def _preflight(self, items: list[Item], report: Report) -> list[Item]:
         runnable: list[Item] = []

@@ -147,11 +147,15 @@ class Report:
         return redact("\n".join(lines))
 
     def shown(self, dest: str, wide: bool = False) -> str:
-        """A destination relative to the models folder (SD.Next's folder names); absolute if wide."""
+        """A destination relative to the models folder (SD.Next's folder names), an extension's
+        relative to SD.Next's data folder (`extensions/NAME`); absolute if wide."""
         path = Path(dest)
-        if wide or self.models_root is None or not path.is_relative_to(self.models_root):
+        if wide or self.models_root is None:
             return dest
-        return str(path.relative_to(self.models_root))
+        for root in (self.models_root, self.models_root.parent):
+            if path.is_relative_to(root):
+                return str(path.relative_to(root))
+        return dest
 
     def summary(self) -> str:
         counts = {s: sum(r.status == s for r in self.results) for s in (PLANNED, OK, SKIPPED, KEPT, FAILED)}

@@ -112,6 +112,8 @@ def test_a_github_extension_is_installed_with_its_packages_and_locked(
     again = run_module(str(path), "--workspace", str(workspace), env=env)
     assert again.returncode == 0, again.stderr
     assert "extensions.tiny" in again.stderr and "skipped" in again.stderr
+    planned = run_module(str(path), "--dry-run", "--offline", "--workspace", str(workspace), env=env)
+    assert "extensions.tiny  github  ?     in place  extensions/tiny" in planned.stdout + planned.stderr
     assert files_of(folder) == {name: text.encode() for name, text in EXTENSION_FILES.items()}
 
 
