@@ -381,6 +381,7 @@ def test_provision_runs_once_then_asks_sdnext_to_rescan(start, cdn, write_config
     assert log_text(runtime, "provision").count("provision: started") == 1
     assert len(runtime.refreshes()) == 4
     assert "asking SD.Next to rescan" in log_text(runtime, "provision")
+    assert len(runtime.starts("sdnext-launch")) == 1, "SD.Next was restarted with no extension to load"
     # The portal's status says so too.
     status = get(runtime, "logdy", "/.gateway/status.json", auth=("admin", PASSWORD)).json()["provisioning"]
     assert status["state"] == "done"
@@ -438,6 +439,30 @@ def test_a_lock_from_provision_lock_url_is_enforced(start, cdn, write_config, tm
     )
     assert not (runtime.workspace / "sdnext/models/Stable-diffusion/model.safetensors").exists()
     assert runtime.refreshes() == []
+
+
+def test_sdnext_restarts_once_provision_installed_an_extension(start, write_config, tmp_path):
+    """SD.Next loads extensions when it starts, so one that arrives after it started needs a
+    restart (a rescan would not load it). Without extensions there is none (the test above)."""
+    from .fakes.github import FakeGitHub, commit_files
+
+    github = FakeGitHub().start()
+    try:
+        commit = commit_files(tmp_path / "ext", {"scripts/x.py": "X = 1\n"})
+        github.add("someone/ext", tmp_path / "ext")
+        config = write_config(
+            f'[extensions.ext]\nurl = "https://github.com/someone/ext"\ncommit = "{commit}"\nrequirements = []\n'
+        )
+        runtime = start(PASSWORD=PASSWORD, PROVISION_URL=str(config), GITHUB_ENDPOINT=github.url)
+        wait_for(lambda: "provision: finished with exit code" in log_text(runtime, "provision"), 30)
+        assert "restarting SD.Next so it loads them" in log_text(runtime, "provision")
+        assert "provision: finished with exit code 0" in log_text(runtime, "provision")
+        assert (
+            runtime.workspace / "sdnext" / "extensions" / "ext" / "scripts" / "x.py"
+        ).read_text() == "X = 1\n"
+        wait_for(lambda: len(runtime.starts("sdnext-launch")) == 2, 30)
+    finally:
+        github.stop()
 
 
 def test_no_provision_service_without_provision_url(start):
