@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import requests
+from packaging.utils import canonicalize_name
 
 from . import failures, links, overlay, paths
 from .http import TIMEOUT, new_session
@@ -53,10 +54,14 @@ class Unpacked:
     extension: Extension
     folder: Path  # the staging folder holding its files
     archive_sha256: str
-    tree_sha256: str
+    files: dict[str, str]  # manifest()
     commit: str | None
     size: int  # archive bytes
     requirements: list[str] = field(default_factory=list)
+
+    @property
+    def tree_sha256(self) -> str:
+        return tree_hash(self.files)
 
 
 def extensions_root(workspace: Path) -> Path:
@@ -77,32 +82,60 @@ def archive_url(extension: Extension) -> str:
 # --- what is in place --------------------------------------------------------------------------
 
 
-def tree_hash(folder: Path) -> str:
-    """The sha256 of a folder's files: each path, whether it is executable and its content's
-    sha256, in path order. The same files give the same hash whatever archive carried them."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if not p.is_dir()):
-        relative = path.relative_to(folder).as_posix()
-        if path.is_symlink():
-            digest.update(f"{relative}\0link\0{os.readlink(path)}\n".encode())
-            continue
-        executable = "x" if path.stat().st_mode & stat.S_IXUSR else "-"
-        content = hashlib.sha256(path.read_bytes()).hexdigest()  # extensions are small
-        digest.update(f"{relative}\0{executable}\0{content}\n".encode())
-    return digest.hexdigest()
+def manifest(folder: Path) -> dict[str, str]:
+    """Each file under `folder` (relative path) -> what it is: "x:" or "-:" (executable or not)
+    and its content's sha256, or "link:" and where a link points."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()):
+        files[path.relative_to(folder).as_posix()] = _what(path)
+    return files
+
+
+def _what(path: Path) -> str:
+    if path.is_symlink():
+        return f"link:{os.readlink(path)}"
+    executable = "x" if path.stat().st_mode & stat.S_IXUSR else "-"
+    return f"{executable}:{hashlib.sha256(path.read_bytes()).hexdigest()}"  # extensions are small
+
+
+def tree_hash(files: dict[str, str]) -> str:
+    """One sha256 for a manifest: the same files give the same hash whatever archive carried them."""
+    text = "".join(f"{path}\0{what}\n" for path, what in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def unchanged(folder: Path, files: dict[str, str]) -> bool:
+    """Every file the extension came with is there as it came. Files it wrote itself (settings,
+    caches, models some extensions download into their folder) do not count."""
+    for relative, what in files.items():
+        path = folder / relative
+        if not (path.is_symlink() or path.is_file()) or _what(path) != what:
+            return False
+    return True
 
 
 class Records:
     """What this workspace installed (`.provision/extensions.json`): per extension, the config's
-    request and the tree hash it got. An extension whose folder still hashes the same needs no
-    request: a restart works offline."""
+    request, what it is pinned to and the manifest of the files it came with. An extension whose
+    files are all still as they came needs no request: a restart works offline."""
 
     def __init__(self, workspace: Path):
+        self.workspace = workspace
         self.path = paths.state_dir(workspace) / "extensions.json"
         try:
             self.data: dict[str, dict] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.data = {}
+
+    def pinned(self, name: str) -> LockedExtension:
+        entry = self.data[name]
+        packages = tuple(entry.get("packages", ()))
+        return LockedExtension(
+            name, entry["archive_sha256"], entry["tree_sha256"], entry.get("commit"), packages
+        )
+
+    def files(self, name: str) -> dict[str, str]:
+        return self.data.get(name, {}).get("files", {})
 
     def in_place(self, extension: Extension, workspace: Path) -> LockedExtension | None:
         """What is installed, if it is what the config (and the lock, if any) asks for."""
@@ -110,29 +143,33 @@ class Records:
         folder = folder_of(extension, workspace)
         if not entry or entry.get("request") != extension.asked or not folder.is_dir():
             return None
-        installed = LockedExtension(
-            extension.name,
-            entry["archive_sha256"],
-            entry["tree_sha256"],
-            entry.get("commit"),
-            tuple(entry.get("packages", ())),
-        )
+        installed = self.pinned(extension.name)
         locked = extension.locked
         if locked is not None and (locked.tree_sha256, locked.packages) != (
             installed.tree_sha256,
             installed.packages,
         ):
             return None
-        return installed if tree_hash(folder) == installed.tree_sha256 else None
+        return installed if unchanged(folder, self.files(extension.name)) else None
 
-    def store(self, extension: Extension, installed: LockedExtension) -> None:
+    def installed_elsewhere(self, names: set[str]) -> dict[str, LockedExtension]:
+        """Extensions an earlier run installed that this run does not work on (`--only`, or no
+        longer in the config) and whose folder is still there: their packages stay in the overlay."""
+        root = extensions_root(self.workspace)
+        return {name: self.pinned(name) for name in self.data if name not in names and (root / name).is_dir()}
+
+    def store(self, extension: Extension, installed: LockedExtension, files: dict[str, str]) -> None:
         self.data[extension.name] = {
             "request": extension.asked,
             "archive_sha256": installed.archive_sha256,
             "tree_sha256": installed.tree_sha256,
             "commit": installed.commit,
             "packages": list(installed.packages),
+            "files": files,
         }
+        # An extension whose folder is gone (its user removed it) is forgotten, with its packages.
+        root = extensions_root(self.workspace)
+        self.data = {name: entry for name, entry in self.data.items() if (root / name).is_dir()}
         paths.write_atomically(self.path, json.dumps(self.data, indent=2, sort_keys=True))
 
 
@@ -161,7 +198,8 @@ def fetch(extension: Extension, workspace: Path, session: requests.Session | Non
     shutil.rmtree(folder, ignore_errors=True)
     try:
         commit = _unpack(data, folder, extension)
-        tree = tree_hash(folder)
+        files = manifest(folder)
+        tree = tree_hash(files)
         locked = extension.locked
         if locked is not None and tree != locked.tree_sha256:
             raise ExtensionError(
@@ -172,7 +210,7 @@ def fetch(extension: Extension, workspace: Path, session: requests.Session | Non
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return Unpacked(extension, folder, archive_sha256, tree, commit, len(data), read_requirements(folder))
+    return Unpacked(extension, folder, archive_sha256, files, commit, len(data), read_requirements(folder))
 
 
 def _download(session: requests.Session, url: str, extension: Extension) -> bytes:
@@ -276,11 +314,19 @@ def read_requirements(folder: Path) -> list[str]:
     return lines
 
 
-def place(unpacked: Unpacked, workspace: Path) -> Path:
-    """Rename the staging folder into place; an older version is renamed aside first."""
+def place(unpacked: Unpacked, workspace: Path, came_with: dict[str, str]) -> Path:
+    """Rename the staging folder into place; an older version is renamed aside first. Files the
+    old version did not come with (`came_with`: its manifest) were written by the extension or
+    its user: as a `git pull` keeps them, they are moved into the new version."""
     target = folder_of(unpacked.extension, workspace)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = unpacked.folder.with_name(f"{unpacked.folder.name}.old")
+    if target.is_dir() and not target.is_symlink():
+        for relative in sorted(set(manifest(target)) - set(came_with)):
+            moved = unpacked.folder / relative
+            if not (moved.exists() or moved.is_symlink()):
+                moved.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(target / relative, moved)
     if target.exists() or target.is_symlink():
         os.rename(target, old)
     os.rename(unpacked.folder, target)
@@ -348,44 +394,47 @@ def install_all(
             log.error(f"error: {extension.table}: {result.reason}")
         finally:
             result.seconds = round(time.monotonic() - start, 3)
-    _install_packages(pinned, fetched, results, workspace)
+    kept = records.installed_elsewhere({e.name for e in extensions})
+    _install_packages(pinned, kept, fetched, results, workspace)
     for unpacked in fetched:
         name = unpacked.extension.name
         if results[name].status == FAILED:
             discard(unpacked)
             pinned.pop(name, None)
             continue
-        place(unpacked, workspace)
-        records.store(unpacked.extension, pinned[name])
+        place(unpacked, workspace, records.files(name))
+        records.store(unpacked.extension, pinned[name], unpacked.files)
         log.info(f"{unpacked.extension.table}: installed in {folder_of(unpacked.extension, workspace)}")
     return list(results.values()), pinned
 
 
 def _install_packages(
     pinned: dict[str, LockedExtension],
+    kept: dict[str, LockedExtension],
     fetched: list[Unpacked],
     results: dict[str, ItemResult],
     workspace: Path,
 ) -> None:
-    """One overlay for every extension's packages; a failure fails the extensions that are new
-    and need packages (the overlay in place stays as it was)."""
-    by_name: dict[str, tuple[str, str]] = {}  # package -> (pinned line, the extension asking)
-    for name, locked in pinned.items():
+    """One overlay for the packages of every extension in place (`kept`: those this run does not
+    work on, first). Two versions of one package are refused, naming both extensions; a failed
+    install fails the fetched extensions that need packages (the overlay in place stays as it was)."""
+    by_package: dict[str, tuple[str, str]] = {}  # package -> (its pinned line, the extension asking)
+    for name, locked in [*kept.items(), *pinned.items()]:
         for line in locked.packages:
-            package = line.split("==")[0].lower()
-            other = by_name.setdefault(package, (line, name))
-            if other[0].split()[0] != line.split()[0]:
+            wanted = line.split()[0]
+            first, asker = by_package.setdefault(canonicalize_name(wanted.split("==")[0]), (wanted, name))
+            if first != wanted and name in results:
                 results[name].status = FAILED
-                results[name].reason = (
-                    f"needs {line.split()[0]}, but extensions.{other[1]} needs"
-                    f" {other[0].split()[0]}: leave one of them out"
-                )
+                results[
+                    name
+                ].reason = f"needs {wanted}, but extensions.{asker} needs {first}: leave one of them out"
                 log.error(f"error: extensions.{name}: {results[name].reason}")
-    wanted = [
+    lines = [line for name, locked in kept.items() for line in locked.packages]
+    lines += [
         line for name, locked in pinned.items() if results[name].status != FAILED for line in locked.packages
     ]
     try:
-        overlay.install(wanted, workspace)
+        overlay.install(lines, workspace)
     except (overlay.OverlayError, OSError) as err:
         for unpacked in fetched:
             name = unpacked.extension.name

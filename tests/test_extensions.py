@@ -5,7 +5,6 @@ overlay with hashes the lock keeps; through the CLI in child processes, against 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import sys
@@ -117,6 +116,27 @@ def test_a_github_extension_is_installed_with_its_packages_and_locked(
     assert files_of(folder) == {name: text.encode() for name, text in EXTENSION_FILES.items()}
 
 
+def test_a_run_on_one_extension_keeps_the_packages_of_the_others(
+    tmp_path, workspace, write_config, extension_repo, github, pypi
+):
+    _repo, commit = extension_repo
+    plain = commit_files(tmp_path / "plain", {"scripts/p.py": "P = 1\n"})
+    github.add("someone/plain", tmp_path / "plain")
+    path = write_config(
+        config(commit) + f'[extensions.plain]\nurl = "https://github.com/someone/plain"\ncommit = "{plain}"\n'
+    )
+    env = env_for(pypi, tmp_path)
+    assert run_module(str(path), "--workspace", str(workspace), env=env).returncode == 0
+    plain_v2 = commit_files(tmp_path / "plain", {"scripts/p.py": "P = 2\n"})
+    path.write_text(path.read_text().replace(plain, plain_v2))
+
+    only = run_module(str(path), "--only", "extensions/plain", "--workspace", str(workspace), env=env)
+
+    assert only.returncode == 0, only.stderr
+    assert (workspace / "sdnext" / "extensions" / "plain" / "scripts" / "p.py").read_text() == "P = 2\n"
+    assert (workspace / "sdnext" / "extension-packages" / "inflection.py").is_file()
+
+
 def test_another_host_installs_the_locked_packages_or_nothing(
     tmp_path, workspace, write_config, extension_repo, pypi
 ):
@@ -207,13 +227,18 @@ def test_an_archive_url_must_match_its_sha256_and_stay_inside_its_folder(
     assert tree(workspace / ".provision" / "staging") == []
 
 
-def test_a_new_commit_replaces_the_files_and_a_folder_made_by_hand_is_left_alone(
+def test_a_new_commit_replaces_the_files_keeping_what_the_extension_wrote_and_a_folder_made_by_hand_is_left_alone(
     tmp_path, workspace, write_config, extension_repo
 ):
     repo, commit = extension_repo
     env = env_for(None, tmp_path)
     path = write_config(config(commit, "requirements = []\n"))
     assert run_module(str(path), "--workspace", str(workspace), env=env).returncode == 0
+    folder = workspace / "sdnext" / "extensions" / "tiny"
+    # What the extension writes into its own folder (its settings) is not a change of its files.
+    (folder / "settings.json").write_text('{"mine": 1}')
+    again = run_module(str(path), "--workspace", str(workspace), env=env)
+    assert again.returncode == 0 and "skipped" in again.stderr, again.stderr
     newer = commit_files(repo, {"scripts/tiny.py": "NAME = 'v2'\n", "scripts/new.py": "X = 2\n"})
 
     path.write_text(
@@ -227,9 +252,9 @@ def test_a_new_commit_replaces_the_files_and_a_folder_made_by_hand_is_left_alone
     result = run_module(str(path), "--workspace", str(workspace), env=env)
 
     assert result.returncode == 1
-    folder = workspace / "sdnext" / "extensions" / "tiny"
     assert (folder / "scripts" / "tiny.py").read_text() == "NAME = 'v2'\n"
     assert (folder / "scripts" / "new.py").is_file()
+    assert (folder / "settings.json").read_text() == '{"mine": 1}', "the extension's own settings were lost"
     assert "provision did not put it there: move it away" in result.stderr
     assert files_of(by_hand) == {"notes.txt": b"mine"}
 
@@ -285,13 +310,12 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
 
 
 def test_the_tree_hash_ignores_how_the_archive_was_packed(tmp_path):
-    from provision.extensions import tree_hash
+    from provision.extensions import manifest, tree_hash
 
     one, two = tmp_path / "one", tmp_path / "two"
     for folder in (one, two):
         (folder / "a").mkdir(parents=True)
         (folder / "a" / "x.py").write_text("x")
-    assert tree_hash(one) == tree_hash(two)
+    assert tree_hash(manifest(one)) == tree_hash(manifest(two))
     (two / "a" / "x.py").chmod(0o755)
-    assert tree_hash(one) != tree_hash(two)
-    assert len(hashlib.sha256().hexdigest()) == len(tree_hash(one))
+    assert tree_hash(manifest(one)) != tree_hash(manifest(two))
