@@ -153,7 +153,10 @@ class Provisioner:
             installed = {}
             if self.dry_run:
                 report.results.extend(self._planned_extensions(plan.extensions))
-            elif plan.extensions:
+            elif plan.extensions or (
+                not self.only and (paths.state_dir(self.workspace) / "extensions.json").exists()
+            ):
+                # With none left in the config, the run still drops removed ones' packages.
                 results, installed = self._install_extensions(plan.extensions)
                 report.results.extend(results)
             # --locked installs the lock as it is: it is up to date, and where it runs (a

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -135,6 +136,13 @@ def test_a_run_on_one_extension_keeps_the_packages_of_the_others(
     assert only.returncode == 0, only.stderr
     assert (workspace / "sdnext" / "extensions" / "plain" / "scripts" / "p.py").read_text() == "P = 2\n"
     assert (workspace / "sdnext" / "extension-packages" / "inflection.py").is_file()
+
+    # Removed from the config and from disk: its packages go at the next run.
+    shutil.rmtree(workspace / "sdnext" / "extensions" / "tiny")
+    path.write_text(f'[extensions.plain]\nurl = "https://github.com/someone/plain"\ncommit = "{plain_v2}"\n')
+    assert run_module(str(path), "--workspace", str(workspace), env=env).returncode == 0
+    assert not (workspace / "sdnext" / "extension-packages").exists()
+    assert (workspace / "sdnext" / "extensions" / "plain").is_dir()
 
 
 def test_another_host_installs_the_locked_packages_or_nothing(
