@@ -3,9 +3,10 @@
 Every file under `<workspace>/sdnext/models`, with whether a run verified it as it is now (size
 and mtime of its record; with `--verify`, its bytes hashed again), which config item owns it
 (from the items' records and the lock, when CONFIG is given), partial downloads with how far
-they got and whose they are, and state files left beside no partial file. Exit 1 when a file
-is missing, partial, changed since it was verified, or (with --verify) no longer has its bytes;
-0 when all is well. Reads only, never writes (`provision clean` removes stray state files).
+they got and whose they are, and state files left beside no partial file; then every extension
+provision installed (or the config declares), whether its files are as they came. Exit 1 when a
+file or extension is missing, partial, changed since it was verified, or (with --verify) no longer
+has its bytes; 0 when all is well. Reads only, never writes (`provision clean` removes stray state files).
 """
 
 from __future__ import annotations
@@ -146,6 +147,41 @@ def survey(
     return found
 
 
+@dataclass
+class ExtensionStatus:
+    name: str
+    state: str  # "verified" (its files as they came), "changed" or "missing"
+    commit: str | None
+    packages: int  # how many packages of its own it has in the overlay
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == VERIFIED
+
+
+def extension_survey(workspace: Path, declared: list[str]) -> list[ExtensionStatus]:
+    """Every extension provision installed, and those the config declares (`declared`)."""
+    from .extensions import Records, extensions_root, unchanged
+
+    records = Records(workspace)
+    found = []
+    for name in sorted(set(records.data) | set(declared)):
+        entry = records.data.get(name, {})
+        folder = extensions_root(workspace) / name
+        if not entry or not folder.is_dir():
+            state = MISSING
+        else:
+            state = VERIFIED if unchanged(folder, records.files(name)) else CHANGED
+        found.append(ExtensionStatus(name, state, entry.get("commit"), len(entry.get("packages", []))))
+    return found
+
+
+def _declared(workspace: Path, config: str | None) -> list[str]:
+    if not config:
+        return []
+    return [e.name for e in Provisioner(workspace, dry_run=True, offline=True).plan(config).extensions]
+
+
 def _something_at(item: Item, owners: _Owners) -> bool:
     """Whether a file of this never-recorded item is on disk (then its row says how it is)."""
     if item.is_repository:
@@ -206,7 +242,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     workspace = Path(args.workspace or os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE).absolute()
     try:
-        files = survey(workspace, args.config or default_source(), args.lock_file, verify=args.verify)
+        config = args.config or default_source()
+        files = survey(workspace, config, args.lock_file, verify=args.verify)
+        extensions = extension_survey(workspace, _declared(workspace, config))
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -216,7 +254,7 @@ def main(argv: list[str]) -> int:
             print(error_json("config", err.problems, 2))
         return 2
     unhealthy = [f for f in files if not f.healthy]
-    code = 1 if unhealthy else 0
+    code = 1 if unhealthy or not all(e.healthy for e in extensions) else 0
     if args.json:
         summary = {
             "files": len(files),
@@ -227,7 +265,15 @@ def main(argv: list[str]) -> int:
             "exit_code": code,
         }
         sys.stdout.write(
-            json.dumps({"files": [asdict(f) for f in files], "summary": summary}, indent=2) + "\n"
+            json.dumps(
+                {
+                    "files": [asdict(f) for f in files],
+                    "extensions": [asdict(e) for e in extensions],
+                    "summary": summary,
+                },
+                indent=2,
+            )
+            + "\n"
         )
         return code
     root = paths.models_root(workspace)
@@ -246,6 +292,14 @@ def main(argv: list[str]) -> int:
     summary = summary_line(files, workspace, unhealthy, args.wide)
     wrapped = textwrap.fill(summary, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
     print(summary if args.wide else wrapped)
+    if extensions:
+        rows = [(e.name, e.state, (e.commit or "-")[:12], str(e.packages)) for e in extensions]
+        print()
+        print(
+            "\n".join(
+                columns(("EXTENSION", "STATE", "COMMIT", "PACKAGES"), rows, None if args.wide else WIDTH)
+            )
+        )
     return code
 
 

@@ -327,3 +327,23 @@ def test_the_tree_hash_ignores_how_the_archive_was_packed(tmp_path):
     assert tree_hash(manifest(one)) == tree_hash(manifest(two))
     (two / "a" / "x.py").chmod(0o755)
     assert tree_hash(manifest(one)) != tree_hash(manifest(two))
+
+
+def test_status_says_whether_each_extension_is_as_it_came(tmp_path, workspace, write_config, extension_repo):
+    _repo, commit = extension_repo
+    path = write_config(config(commit, "requirements = []\n"))
+    env = env_for(None, tmp_path)
+    before = run_module("status", str(path), "--workspace", str(workspace), env=env)
+    assert before.returncode == 1 and "tiny       missing" in before.stdout, before.stdout
+    assert run_module(str(path), "--workspace", str(workspace), env=env).returncode == 0
+    folder = workspace / "sdnext" / "extensions" / "tiny"
+    (folder / "settings.json").write_text("{}")  # what the extension writes is not a change
+
+    status = run_module("status", str(path), "--workspace", str(workspace), env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"tiny       verified  {commit[:12]}  0" in status.stdout
+
+    (folder / "scripts" / "tiny.py").write_text("edited by hand\n")
+    changed = run_module("status", str(path), "--workspace", str(workspace), env=env)
+    assert changed.returncode == 1
+    assert "tiny       changed" in changed.stdout
