@@ -366,8 +366,8 @@ class Transfer:
             self._start_part(int(length) if length and length.isdigit() else None, None)
             self._announce()
             written = self._write_body(response, 0, self.total)
-            if self.total is None:
-                self.total = written
+            if self.total is None and not self.stop.is_set():
+                self.total = written  # the server closed the body: that was all of it
         finally:
             self._give_slot()
 
@@ -636,6 +636,8 @@ class Transfer:
     # -- the end ------------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        if self.stop.is_set():  # stopped mid-way (Ctrl-C, SIGTERM): what is on disk is not all
+            raise FetchError("cancelled")
         self._save_state(force=True)
         total = self.total if self.total is not None else self.done.covered()
         have = self.done.covered()

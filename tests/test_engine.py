@@ -746,3 +746,34 @@ def test_a_server_that_limits_connections_per_client_gets_no_more_and_no_errors(
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
     assert 0 < cdn.refused <= START, "one burst of refusals, then within the limit"
     assert eng.slots.limit(cdn.url.split("//")[1]) <= 4
+
+
+def test_a_stream_without_a_size_stopped_midway_is_never_taken_for_the_whole_file(engine, cdn, tmp_path):
+    """A body without Content-Length ends when the server closes it; a stop (Ctrl-C, SIGTERM)
+    also ends the read loop. Counting the bytes read until the stop as the file's size made the
+    stopped download look complete: it was committed, or its state said total = what was read
+    and the next run "resumed" it to a truncated file marked ok (no checksum to catch it)."""
+    cdn.add("/m.safetensors", DATA, length=False)
+    cdn.rate = 2 * MiB
+    running = engine()
+    part = tmp_path / "models" / "m.safetensors.part"
+    outcome: list = []
+
+    def fetch():
+        try:
+            outcome.append(running.fetch(download(cdn, tmp_path, checksum=False, size=False)))
+        except FetchError as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=fetch)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size > MiB) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running.cancel()
+    worker.join(60)
+
+    assert isinstance(outcome[0], FetchError), outcome
+    assert not (tmp_path / "models" / "m.safetensors").exists(), "a stopped stream was committed"
+    state = json.loads((tmp_path / "models" / "m.safetensors.part.state").read_text())
+    assert state["total"] is None, "the bytes read before the stop were saved as the file's size"
