@@ -358,6 +358,7 @@ def extensions_tab_says_to_declare(port: int, log: Path) -> None:
     """Each button of the Extensions tab that would install, update or apply answers in its info
     box, and in SD.Next's log, why it is off in this image and what to declare instead: never
     nothing, never a stack trace, never a credential the user typed."""
+    began = time.monotonic()
     config = requests.get(f"http://127.0.0.1:{port}/config", timeout=60).json()
     logged_before = len(log.read_bytes())
     why = "from this tab is off in this image: SD.Next&#x27;s source is read-only"
@@ -402,3 +403,4 @@ def extensions_tab_says_to_declare(port: int, log: Path) -> None:
         time.sleep(0.2)
     assert len(said) == len(wanted) and all(w in line for w, line in zip(wanted, said, strict=True)), said
     assert "tok3n-secret" not in text and "Traceback" not in text
+    print(f"the Extensions tab's 4 buttons answered in {time.monotonic() - began:.1f}s")
