@@ -90,7 +90,8 @@ def test_shared_settings_match_the_runtime_and_the_readme(nix_env):
         "ttyd": (7020, 17020),
         "logdy": (7030, 17030),
     }
-    assert sorted(settings["exposedPorts"]) == ["7010/tcp", "7020/tcp", "7030/tcp", "8010/tcp"]
+    # The gateway's four and SSH's (SSH_PORT): what `docker run -P` and a host's template publish.
+    assert sorted(settings["exposedPorts"]) == ["22/tcp", "7010/tcp", "7020/tcp", "7030/tcp", "8010/tcp"]
     readme = (REPO / "README.md").read_text()
     for service, (external, internal) in ports.items():
         assert re.search(rf"\| {service} \| 127\.0\.0\.1:{internal} \|", readme), service
