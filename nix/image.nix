@@ -118,7 +118,10 @@ let
           filebrowser
           ttyd
           logdy
-          python3 # the login guard (runtime/lib/login_guard.py); provision's own interpreter
+          # bin/login-guard runs lib/gateway_server.py (the login guard, its pages and status.json:
+          # lib/login_guard.py, gateway_*.py), for the gateway and for init, which hashes the login
+          # with it; also the terminal's python3. provision is built with the same interpreter.
+          python3
           provision
           uv # provision installs the extensions' packages with it (provision/overlay.py)
           sdnext

@@ -43,11 +43,13 @@ in
 {
   inherit env ports;
   services = words env.SERVICES;
-  # dockerTools' config.ExposedPorts: { "8010/tcp" = { }; ... }
+  # dockerTools' config.ExposedPorts: { "8010/tcp" = { }; ... }: the gateway's ports and SSH's.
   exposedPorts = listToAttrs (
-    map (port: {
-      name = "${toString port.external}/tcp";
-      value = { };
-    }) ports
+    map
+      (port: {
+        name = "${toString port}/tcp";
+        value = { };
+      })
+      (map (port: port.external) ports ++ [ (fromJSON env.SSH_PORT) ])
   );
 }

@@ -90,7 +90,8 @@ def test_shared_settings_match_the_runtime_and_the_readme(nix_env):
         "ttyd": (7020, 17020),
         "logdy": (7030, 17030),
     }
-    assert sorted(settings["exposedPorts"]) == ["7010/tcp", "7020/tcp", "7030/tcp", "8010/tcp"]
+    # The gateway's four and SSH's (SSH_PORT): what `docker run -P` and a host's template publish.
+    assert sorted(settings["exposedPorts"]) == ["22/tcp", "7010/tcp", "7020/tcp", "7030/tcp", "8010/tcp"]
     readme = (REPO / "README.md").read_text()
     for service, (external, internal) in ports.items():
         assert re.search(rf"\| {service} \| 127\.0\.0\.1:{internal} \|", readme), service
@@ -106,7 +107,8 @@ def test_the_image_reads_ports_and_defaults_from_the_settings():
 
 
 def test_the_sdnext_source_pin_evaluates_with_every_builtin_extension(nix_env, tmp_path):
-    # fetchFromGitHub and runCommand stubbed: what is checked is the pin's own logic and data.
+    # fetchFromGitHub, applyPatches and runCommand stubbed: what is checked is the pin's own
+    # logic and data.
     stub = tmp_path / "eval.nix"
     stub.write_text(
         f"""
@@ -114,10 +116,16 @@ def test_the_sdnext_source_pin_evaluates_with_every_builtin_extension(nix_env, t
           fetched = args: args // {{ outPath = "/nix/store/00000000000000000000000000000000-${{args.repo}}"; }};
           pin = import {REPO}/nix/sdnext/source.nix {{
             fetchFromGitHub = fetched;
+            applyPatches = args: args // {{ outPath = "/nix/store/11111111111111111111111111111111-${{args.name}}"; }};
             runCommand = name: attrs: script: {{ inherit name script; inherit (attrs) passthru; }};
           }};
         in {{
           inherit (pin) name script;
+          patched = {{
+            inherit (pin.passthru.patched) name;
+            src = pin.passthru.patched.src.repo;
+            patches = map baseNameOf pin.passthru.patched.patches;
+          }};
           sources = map (src: {{ inherit (src) owner repo rev hash; arguments = builtins.attrNames src; }})
             ([ pin.passthru.sdnext ] ++ builtins.attrValues pin.passthru.extensions);
         }}
@@ -133,5 +141,15 @@ def test_the_sdnext_source_pin_evaluates_with_every_builtin_extension(nix_env, t
         assert re.fullmatch(r"sha256-[A-Za-z0-9+/]{43}=", source["hash"]), source
         # A kept-back extension's tag-rev and deviation are for people, not fetchFromGitHub.
         assert source["arguments"] == ["hash", "outPath", "owner", "repo", "rev"]
+    # SD.Next's own files with every patch of nix/sdnext/patches (the tests apply the same).
+    assert pin["patched"] == {
+        "name": "sdnext-2026-07-14-patched",
+        "src": "sdnext",
+        "patches": sorted(p.name for p in (REPO / "nix" / "sdnext" / "patches").glob("*.patch")),
+    }
+    assert "extensions-tab.patch" in pin["patched"]["patches"]
+    assert pin["script"].startswith(
+        "cp -r /nix/store/11111111111111111111111111111111-sdnext-2026-07-14-patched $out\n"
+    )
     for folder in ("sd-extension-chainner", "sdnext-modernui", "sdnext-kanvas"):
         assert "cp -r /nix/store/" in pin["script"] and f"$out/extensions-builtin/{folder}\n" in pin["script"]

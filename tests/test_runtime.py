@@ -25,10 +25,12 @@ import pytest
 import requests
 
 from .conftest import blob, sha256
+from .fakes.cdn import FakeCDN
 from .runtime_harness import (
     PROXIED,
     RUNTIME,
     connected_to,
+    free_port,
     listening,
     make_runtime,
 )
@@ -420,6 +422,44 @@ def test_provision_failure_is_visible_and_not_retried(start, cdn, write_config):
     assert status["state"] == "failed" and "1 item(s) failed" in status["detail"]
     (item,) = status["items"]
     assert item["item"] == "checkpoints/missing" and item["state"] == "failed" and "404" in item["reason"]
+
+
+def test_provision_waits_for_a_network_that_comes_up_late(start, write_config):
+    # The models' host answers only after the container started: refused until then.
+    data = blob(200_000, seed=7)
+    late = FakeCDN()
+    late.add("/model.safetensors", data)
+    port = free_port()
+    config = write_config(f'[models.checkpoints]\nmodel = "http://127.0.0.1:{port}/model.safetensors"\n')
+    runtime = start(PASSWORD=PASSWORD, PROVISION_URL=str(config), PROVISION_RETRY_DELAY="1")
+    wait_for(lambda: "trying again in 1s (1 of 5)" in log_text(runtime, "provision"), 60)
+    late.start(port=port)
+    try:
+        wait_for(lambda: "provision: finished with exit code" in log_text(runtime, "provision"), 90)
+    finally:
+        late.stop()
+    text = log_text(runtime, "provision")
+    assert f"cannot reach 127.0.0.1:{port} (connection refused)" in text
+    assert "could not reach a host and placed nothing (is the network still coming up?)" in text
+    assert "provision: all models in place; asking SD.Next to rescan" in text
+    assert "provision: finished with exit code 0" in text
+    assert text.count("provision: started") == 1 and "FAILED" not in text
+    dest = runtime.workspace / "sdnext/models/Stable-diffusion/model.safetensors"
+    assert sha256(dest.read_bytes()) == sha256(data)
+
+
+def test_provision_gives_up_on_an_unreachable_host_after_its_retries(start, write_config):
+    port = free_port()  # nothing ever listens here
+    config = write_config(f'[models.checkpoints]\nmodel = "http://127.0.0.1:{port}/model.safetensors"\n')
+    runtime = start(
+        PASSWORD=PASSWORD, PROVISION_URL=str(config), PROVISION_RETRIES="2", PROVISION_RETRY_DELAY="1"
+    )
+    wait_for(lambda: "provision: finished with exit code" in log_text(runtime, "provision"), 60)
+    text = log_text(runtime, "provision")
+    assert "trying again in 1s (1 of 2)" in text and "trying again in 2s (2 of 2)" in text
+    assert "(3 of 2)" not in text and text.count(f"cannot reach 127.0.0.1:{port}") == 3
+    assert "provision: FAILED (exit code 1)" in text and "provision: finished with exit code 1" in text
+    assert runtime.refreshes() == []
 
 
 def test_a_lock_from_provision_lock_url_is_enforced(start, cdn, write_config, tmp_path, cli):

@@ -25,6 +25,25 @@ def git(*args, cwd):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout
 
 
+LAUNCH_PATCH = """--- a/launch.py
++++ b/launch.py
+@@ -1 +1 @@
+-print('sdnext')
++print('sdnext, patched')
+"""
+
+
+@pytest.fixture(autouse=True)
+def patches(tmp_path, monkeypatch) -> Path:
+    """The image's patches for the small SD.Next, which has none of the real patches' files: one
+    patch of its launch.py stands in (bump.py's default folder, as nix/sdnext/patches is)."""
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    (folder / "launch.patch").write_text(LAUNCH_PATCH)
+    monkeypatch.setattr(bump.sdnext_patches, "PATCHES", folder)
+    return folder
+
+
 @pytest.fixture
 def upstream(tmp_path) -> tuple[Path, str]:
     if which("git") is None or which("nix-hash") is None:
@@ -81,6 +100,7 @@ def test_bump_rewrites_the_pin_from_the_tag_and_its_submodules(upstream, tmp_pat
     )
     out = capsys.readouterr().out
     assert "pin: 2026-07-14 -> 2099-01-01" in out
+    assert "patch launch.patch: applies at 2099-01-01" in out
     assert "extension sdnext-kanvas: removed" in out
     assert "requirements.txt: rich: pyproject 15.0.0 -> requirements 14.2.0" in out
     assert "requirements.txt: newpkg: pyproject (not pinned) -> requirements 1.0" in out
@@ -89,6 +109,22 @@ def test_bump_rewrites_the_pin_from_the_tag_and_its_submodules(upstream, tmp_pat
     assert "installer.py installs onnxruntime-gpu (unpinned): not in pyproject.toml" in out
     assert "installer.py installs rich==13.0.0: pyproject.toml pins 15.0.0" in out
     assert "installer.py installs torch" not in out and "diffusers" not in out
+
+
+def test_a_patch_that_no_longer_applies_stops_the_bump_and_names_the_patch(
+    upstream, patches, tmp_path, capsys
+):
+    main, _ = upstream
+    (patches / "launch.patch").write_text(LAUNCH_PATCH.replace("print('sdnext')", "print('sdnext 2')"))
+    pin = tmp_path / "pin.toml"
+    before = (REPO / "provision" / "sdnext_pin.toml").read_text()
+    pin.write_text(before)
+    os.environ["GIT_ALLOW_PROTOCOL"] = "file"
+    assert bump.main(["2099-01-01", "--repo", str(main), "--pin", str(pin), "--no-lock"]) == 1
+    err = capsys.readouterr().err
+    assert f"bump: {patches / 'launch.patch'} does not apply to " in err
+    assert "make it again against this tag's files" in err
+    assert pin.read_text() == before
 
 
 def test_the_layers_a_pull_fetches_anew_are_the_changed_packages():

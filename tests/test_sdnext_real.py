@@ -45,6 +45,9 @@ from .fakes.pypi import FakePyPI
 from .runtime_harness import free_port, listening
 
 LAUNCHER = REPO / "nix" / "sdnext" / "sdnext_launch.py"
+sys.path.insert(0, str(LAUNCHER.parent))
+import sdnext_patches  # noqa: E402 - beside the launcher, not a package
+
 STARTUP = 900  # seconds SD.Next may take to answer on a loaded 2-core machine (a deadline, not a target)
 pytestmark = pytest.mark.sdnext_real
 
@@ -124,8 +127,9 @@ def from_github(tree: Path) -> str | None:
 
 @pytest.fixture(scope="module")
 def sdnext_source(sdnext_venv) -> Path:
-    """SD.Next's source at the pin with its extensions, made once beside the venv, read-only."""
-    tree = sdnext_venv.parent / f"sdnext-src-{PIN['tag']}"
+    """SD.Next's source at the pin with its extensions and the image's patches (source.nix
+    applies the same files), made once beside the venv per set of patches, read-only."""
+    tree = sdnext_venv.parent / f"sdnext-src-{PIN['tag']}-{sdnext_patches.digest()}"
     if not (tree / "launch.py").exists():
         building = tree.with_name(tree.name + ".new")
         shutil.rmtree(building, ignore_errors=True)
@@ -136,6 +140,10 @@ def sdnext_source(sdnext_venv) -> Path:
                     f"SD.Next {PIN['tag']} is neither in {SOURCES} (sdnext-{PIN['tag']}.tar.gz and one"
                     f" archive per extension of the pin) nor reachable on GitHub: {reason}"
                 )
+        try:
+            sdnext_patches.apply(building)
+        except sdnext_patches.PatchError as error:
+            pytest.fail(str(error))
         subprocess.run(["chmod", "-R", "a-w", str(building)], check=True)
         building.rename(tree)
     return tree
@@ -314,6 +322,7 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
         startup = wait_until_answering(process, port, seen, output)
         print(f"\nSD.Next {PIN['tag']} answered /sdapi/v1/status 200 after {startup:.1f}s")
         assert "Diffusers/tiny-sd" not in json.dumps(api(port, "sd-models"))
+        extensions_tab_says_to_declare(port, workspace / "logs" / "sdnext.log")
 
         # provision while SD.Next runs, then the rescan the runtime's provision service asks for.
         provisioned = run_module(str(config), "--workspace", str(workspace), env=provision_env, timeout=600)
@@ -393,3 +402,82 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
         time.sleep(0.2)
     assert listening(port) == set()
     assert snapshot(sdnext_source) == before
+
+# -- the Extensions tab (nix/sdnext/patches/extensions-tab.patch) ----------------------------
+
+
+def gradio_fn(config: dict, *, button: str | None = None, input_label: str | None = None) -> int:
+    """The fn_index of the one event of SD.Next's UI that a button (its label or elem_id)
+    triggers, or that takes the textbox with this label as an input."""
+    components = {c["id"]: c.get("props", {}) for c in config["components"]}
+    found = []
+    for index, dependency in enumerate(config["dependencies"]):
+        props = [components.get(t, {}) for t in dependency["targets"]]
+        inputs = [components.get(i, {}) for i in dependency["inputs"]]
+        if button is not None and any(button in (p.get("value"), p.get("elem_id")) for p in props):
+            found.append(index)
+        if input_label is not None and any(p.get("label") == input_label for p in inputs):
+            found.append(index)
+    assert len(found) == 1, (button, input_label, found)
+    return found[0]
+
+
+def press(port: int, fn_index: int, data: list) -> list:
+    """What the browser gets back when the button's event runs (gradio 3's HTTP API)."""
+    response = requests.post(
+        f"http://127.0.0.1:{port}/run/predict", json={"fn_index": fn_index, "data": data}, timeout=120
+    )
+    assert response.status_code == 200, response.text[:2000]
+    return response.json()["data"]
+
+
+def extensions_tab_says_to_declare(port: int, log: Path) -> None:
+    """Each button of the Extensions tab that would install, update or apply answers in its info
+    box, and in SD.Next's log, why it is off in this image and what to declare instead: never
+    nothing, never a stack trace, never a credential the user typed."""
+    began = time.monotonic()
+    config = requests.get(f"http://127.0.0.1:{port}/config", timeout=60).json()
+    logged_before = len(log.read_bytes())
+    why = "from this tab is off in this image: SD.Next&#x27;s source is read-only"
+    declare = "Extensions are declared in your models TOML as [extensions.NAME]"
+
+    # "Manual install": a URL with a token in it, a folder name with a space.
+    url = "https://user:tok3n-secret@github.com/someone/sd-ext-demo.git?x=1#y"
+    table, info = press(
+        port,
+        gradio_fn(config, input_label="Extension GIT repository URL"),
+        ["my ext", url, "", "", "default"],
+    )
+    assert f"Installing extensions {why}" in info
+    assert (
+        "Add to your models TOML:\n[extensions.my-ext]\nurl = &quot;https://github.com/someone/sd-ext-demo&quot;\n"
+        "commit = &quot;&lt;40-hex commit&gt;&quot;\nthen run `provision` (README: SD.Next extensions)."
+    ) in info
+    assert 'id="extensions"' in table  # the list stays as it was
+    # The "install" button of a row of the extension index; a URL in git's scp form.
+    _, info = press(
+        port,
+        gradio_fn(config, button="install_extension_button"),
+        ["git@github.com:someone/other.git", "", "default"],
+    )
+    assert "[extensions.other]\nurl = &quot;https://github.com/someone/other&quot;" in info
+    # "Update all installed" and "Apply changes" (which without the patch reloads the page).
+    _, info = press(port, gradio_fn(config, button="Update all installed"), ["task(1)", "[]", "", "default"])
+    assert f"Updating extensions {why}" in info and declare in info
+    apply = gradio_fn(config, button="Apply changes")
+    assert config["dependencies"][apply]["js"] is None
+    [info] = press(port, apply, ["[]", "[]", "none"])
+    assert f"Enabling, disabling and updating extensions {why}" in info and declare in info
+
+    # SD.Next's log says it too, once per button, plainly.
+    wanted = ["Installing extensions", "Installing extensions", "Updating extensions", "Enabling, disabling"]
+    deadline = time.monotonic() + 60
+    while True:
+        text = log.read_bytes()[logged_before:].decode(errors="replace")
+        said = [line for line in text.splitlines() if "from this tab is off in this image" in line]
+        if len(said) >= len(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(said) == len(wanted) and all(w in line for w, line in zip(wanted, said, strict=True)), said
+    assert "tok3n-secret" not in text and "Traceback" not in text
+    print(f"the Extensions tab's 4 buttons answered in {time.monotonic() - began:.1f}s")

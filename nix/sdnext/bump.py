@@ -1,7 +1,7 @@
 """Move the SD.Next pin to another tag: `provision/sdnext_pin.toml` and what depends on it.
 
     python nix/sdnext/bump.py TAG [--repo URL_OR_PATH] [--archives DIR] [--nearest NAME=REV]...
-                                  [--python PYTHON] [--no-lock]
+                                  [--patches DIR] [--python PYTHON] [--no-lock]
 
 1. Resolves TAG in SD.Next's repository (default https://github.com/vladmandic/sdnext) and the
    submodules it records under extensions-builtin/ (the wiki is left out), each at the commit
@@ -9,6 +9,8 @@
    one top folder, as ../shared/sources has), else from a clone of the submodule's URL. A commit
    that neither has (a public snapshot may lack it) stops the bump, unless `--nearest NAME=REV`
    names the commit to use instead: the pin then records the tag's commit as `tag-rev` and why.
+   The image's patches to SD.Next (nix/sdnext/patches, or `--patches DIR`) are applied to the
+   tag's files as source.nix applies them: one that no longer applies stops the bump, named.
 2. Computes the NAR hash fetchFromGitHub will see for each (the commit's files as GitHub's
    tarball holds them, through `nix-hash`), and rewrites the pin's source and extensions.
 3. Compares requirements.txt at the tag with nix/sdnext/pyproject.toml's `==` pins and prints
@@ -45,7 +47,8 @@ PIN = REPO_ROOT / "provision" / "sdnext_pin.toml"
 _NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
 
 sys.path.insert(0, str(HERE))
-from lockwheels import read_lock, tomllib  # noqa: E402 - beside this script, not a package
+import sdnext_patches  # noqa: E402 - beside this script, not a package
+from lockwheels import read_lock, tomllib  # noqa: E402
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -113,13 +116,20 @@ class BumpError(Exception):
 
 
 def resolve(
-    repo: str, tag: str, work: Path, archives: Path | None = None, nearest: dict | None = None
+    repo: str,
+    tag: str,
+    work: Path,
+    archives: Path | None = None,
+    nearest: dict | None = None,
+    patches: Path = sdnext_patches.PATCHES,
 ) -> dict:
-    """The tag's commit, its submodules (path -> url, commit) and every NAR hash."""
+    """The tag's commit, its submodules (path -> url, commit), every NAR hash and the image's
+    patches, which must apply to the tag's files."""
     nearest = nearest or {}
     clone = work / "sdnext"
     git("clone", "--quiet", "--no-checkout", repo, str(clone))
     rev = git("rev-parse", f"{tag}^{{commit}}", cwd=clone).strip()
+    pin_patches = apply_patches(clone, rev, work / "patched", patches)
     gitmodules = show(clone, rev, ".gitmodules")
     urls = dict(re.findall(r"path\s*=\s*(\S+)\s*\n\s*url\s*=\s*(\S+)", gitmodules))
     owner, name = owner_repo(repo)
@@ -158,6 +168,7 @@ def resolve(
         entry["hash"] = hash_
         extensions[folder] = entry
     pin["extensions"] = dict(sorted(extensions.items()))
+    pin["patches"] = pin_patches
     pin["requirements"] = show(clone, rev, "requirements.txt")
     pin["installer"] = show(clone, rev, "installer.py")
     pin["folders"] = folder_options(
@@ -168,6 +179,20 @@ def resolve(
         + "".join(show(clone, rev, f"modules/api/{m}.py") for m in ("loras", "endpoints"))
     )
     return pin
+
+
+def apply_patches(clone: Path, rev: str, tree: Path, patches: Path) -> list[str]:
+    """The names of the patches source.nix applies, each applied to the commit's files; a patch
+    that does not apply stops the bump, named."""
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", rev], cwd=clone, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    try:
+        return sdnext_patches.apply(tree, patches)
+    except sdnext_patches.PatchError as error:
+        raise BumpError(
+            f"{error}\nmake it again against this tag's files (or delete it if the tag does what it did)"
+        ) from None
 
 
 def extension_hash(url: str, repo: str, commit: str, work: Path, archives: Path | None) -> str | None:
@@ -335,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=REV",
         help="pin extension NAME at REV when the tag's commit cannot be had (recorded with why)",
     )
+    parser.add_argument(
+        "--patches", type=Path, default=sdnext_patches.PATCHES, help="the image's patches to SD.Next"
+    )
     parser.add_argument("--python", help="the Python 3.12 uv locks for (else uv's own choice)")
     parser.add_argument("--no-lock", action="store_true", help="do not re-lock (offline, tests)")
     args = parser.parse_args(argv)
@@ -342,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     before = args.pin.read_text()
     try:
         with tempfile.TemporaryDirectory() as work:
-            pin = resolve(args.repo, args.tag, Path(work), args.archives, nearest)
+            pin = resolve(args.repo, args.tag, Path(work), args.archives, nearest, args.patches)
     except BumpError as error:
         print(f"bump: {error}", file=sys.stderr)
         return 1
@@ -358,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    deviation: {source['deviation']}")
     for folder in sorted(set(old.get("extensions", {})) - set(pin["extensions"])):
         print(f"  extension {folder}: removed")
+    for name in pin["patches"]:
+        print(f"  patch {name}: applies at {pin['tag']}")
     for change in pin_changes(pin["requirements"], args.pyproject):
         print(f"  requirements.txt: {change}")
     for proposal in installer_proposals(pin["installer"], args.pyproject):

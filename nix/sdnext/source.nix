@@ -9,14 +9,30 @@
 #   nix hash to-sri --type sha256 "$(nix-hash --type sha256 --base32 DIR)"
 # The submodule commits of a tag: `git ls-tree -r TAG | grep ^160000`.
 #
-# fetchFromGitHub: pkgs/build-support/fetchgithub/default.nix; runCommand: pkgs/build-support/trivial-builders
+# The image's changes to SD.Next's own files are the unified diffs in ./patches, applied in name
+# order with `patch -p1` (applyPatches' patchPhase); a patch that no longer applies fails the
+# build naming it. The tests (tests/test_sdnext_real.py) and bump.py apply the same files.
+#
+# fetchFromGitHub: pkgs/build-support/fetchgithub/default.nix; runCommand and applyPatches:
+# pkgs/build-support/trivial-builders/default.nix
 {
   fetchFromGitHub,
   runCommand,
+  applyPatches,
 }:
 let
   pin = builtins.fromTOML (builtins.readFile ../../provision/sdnext_pin.toml);
+  patches = map (name: ./patches + "/${name}") (
+    builtins.filter (name: builtins.match ".*\\.patch" name != null) (
+      builtins.attrNames (builtins.readDir ./patches)
+    )
+  );
   sdnext = fetchFromGitHub pin.source;
+  patched = applyPatches {
+    name = "sdnext-${pin.tag}-patched";
+    src = sdnext;
+    inherit patches;
+  };
   # Only fetchFromGitHub's own arguments: an extension kept at another commit than the tag's
   # also records `tag-rev` and `deviation` (bump.py --nearest), which are for people.
   fetchPinned =
@@ -31,8 +47,8 @@ let
     };
   extensions = builtins.mapAttrs fetchPinned pin.extensions;
 in
-runCommand "sdnext-source-${pin.tag}" { passthru = { inherit sdnext extensions; }; } ''
-  cp -r ${sdnext} $out
+runCommand "sdnext-source-${pin.tag}" { passthru = { inherit sdnext patched extensions; }; } ''
+  cp -r ${patched} $out
   chmod -R u+w $out
   ${builtins.concatStringsSep "\n" (
     builtins.attrValues (

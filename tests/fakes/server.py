@@ -75,8 +75,9 @@ class FakeServer:
         allow_reuse_address = True
         owner: FakeServer
 
-    def start(self, tls: bool = False) -> FakeServer:
-        self.httpd = self.HTTPServer(("127.0.0.1", 0), Handler)
+    def start(self, tls: bool = False, port: int = 0) -> FakeServer:
+        """Serve on 127.0.0.1:port (0: a free one), e.g. a port a test kept closed until now."""
+        self.httpd = self.HTTPServer(("127.0.0.1", port), Handler)
         self.httpd.owner = self
         self.scheme = "https" if tls else "http"
         if tls:
