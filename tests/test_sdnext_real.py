@@ -403,6 +403,7 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
     assert listening(port) == set()
     assert snapshot(sdnext_source) == before
 
+
 # -- the Extensions tab (nix/sdnext/patches/extensions-tab.patch) ----------------------------
 
 
