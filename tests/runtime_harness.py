@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,9 +105,16 @@ class Runtime:
         """The service answers on its own port, and the gateway in front of it answers with
         more than a 502: a 502 means a hop behind Caddy (the login guard, the service) is not
         listening yet, which happens on a loaded machine for the first moments after start."""
-        with contextlib.suppress(requests.RequestException):
+        # Over HTTPS the gateway is ready once it can make its certificate (Caddy's internal CA
+        # makes one at the first handshake): until then a handshake ends in an internal error.
+        tls = self.env.get("TLS_SELF_SIGNED") == "true" or bool(self.env.get("TLS_CERT"))
+        gateway = self.url(service).replace("http://", "https://") if tls else self.url(service)
+        with contextlib.suppress(requests.RequestException), warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # urllib3's InsecureRequestWarning: the CA is checked by the tests
             if requests.get(f"http://127.0.0.1:{self.internal[service]}/", timeout=2).ok:
-                return requests.get(self.url(service), timeout=2).status_code != 502
+                return requests.get(gateway, timeout=2, verify=False).status_code != 502
         return False
 
     def wait_ready(self, timeout: float = 30) -> None:
