@@ -207,6 +207,7 @@ def test_compile_caches_and_temporary_files_go_to_the_workspace():
     assert env["TMPDIR"] == "/ws/.cache/tmp"  # torch's precompiled headers follow TMPDIR only
     assert env["TORCHINDUCTOR_CACHE_DIR"] == "/ws/.cache/torchinductor"
     assert env["TRITON_CACHE_DIR"] == "/ws/.cache/triton"
+    assert env["XDG_CACHE_HOME"] == "/ws/.cache"  # matplotlib, torch hub: not under $HOME
 
 
 @pytest.mark.parametrize(

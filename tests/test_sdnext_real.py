@@ -376,6 +376,9 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
     # What torch compiles at run time is cached on the workspace volume, never in the caller's /tmp.
     assert list(scratch.iterdir()) == []
     assert (workspace / ".cache" / "tmp").is_dir()
+    # Nothing in $HOME (the container's own layer): caches are on the workspace.
+    home = tmp_path / "home"
+    assert not home.exists() or [str(p.relative_to(home)) for p in home.rglob("*") if p.is_file()] == []
 
     # A restart with the network gone: provision finds everything in place without a request,
     # and the extension it installed while SD.Next ran is loaded now, its package from the overlay.

@@ -94,6 +94,9 @@ def build(
     child_env["SDNEXT_EXTENSION_PACKAGES"] = str(workspace / "sdnext" / "extension-packages")
     site_dir = str(Path(__file__).resolve().parent / "overlay_site")
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (site_dir, env.get("PYTHONPATH")) if p)
+    # Caches that follow XDG (matplotlib's font cache, torch hub) go to the workspace, not $HOME
+    # (/root is the container's own layer: lost on a new container, and counted against it).
+    child_env.setdefault("XDG_CACHE_HOME", str(workspace / ".cache"))
     child_env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workspace / ".cache" / "torchinductor"))
     child_env.setdefault("TRITON_CACHE_DIR", str(workspace / ".cache" / "triton"))
     # Without a GPU, SD.Next's start-up test compiles a kernel with g++ (modules/devices.py,
