@@ -36,12 +36,15 @@ examples:
 
 environment:
   HF_TOKEN, CIVITAI_TOKEN   tokens, sent only to their own service, never logged
+  GITHUB_TOKEN              for extensions in private GitHub repositories (GitHub only)
   WORKSPACE                 the workspace (default /workspace)
   PROVISION_URL             the config, when none is given
   PROVISION_LOCK_URL        its lock (same URL rules), unless --lock-file
   PROVISION_MIRROR          a mirror to ask first (URL or folder), or --mirror
-  HF_ENDPOINT, CIVITAI_ENDPOINT, GDRIVE_ENDPOINT
+  HF_ENDPOINT, CIVITAI_ENDPOINT, GDRIVE_ENDPOINT, GITHUB_ENDPOINT
                             other base URLs (mirrors, tests)
+  SDNEXT_PYTHON             SD.Next's interpreter, for extensions' requirements
+                            (default: sdnext-python on PATH, as in the image)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, SSL_CERT_FILE
                             proxies and CA bundles, as curl and pip read them
   PROVISION_RETRY_BASE      seconds before the first retry (1)

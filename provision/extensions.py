@@ -215,11 +215,20 @@ def fetch(extension: Extension, workspace: Path, session: requests.Session | Non
 
 def _download(session: requests.Session, url: str, extension: Extension) -> bytes:
     shown = redact(url)
+    # A private repository's archive needs a token; GitHub answers 404 without one. The session
+    # drops it when GitHub redirects to codeload (another host: its URL carries its own token).
+    token = os.environ.get("GITHUB_TOKEN") if extension.github else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with session.get(url, stream=True, timeout=TIMEOUT) as response:
+        with session.get(url, headers=headers, stream=True, timeout=TIMEOUT) as response:
             if response.status_code == 404:
                 what = "the commit" if extension.github else "the archive"
-                raise ExtensionError(f"{extension.table}: {shown} answered 404: check the URL and {what}")
+                private = (
+                    "; a private repository needs GITHUB_TOKEN" if extension.github and not token else ""
+                )
+                raise ExtensionError(
+                    f"{extension.table}: {shown} answered 404: check the URL and {what}{private}"
+                )
             if response.status_code != 200:
                 raise ExtensionError(f"{extension.table}: {shown} answered HTTP {response.status_code}")
             body = io.BytesIO()

@@ -179,7 +179,8 @@ class Extension:
     @property
     def asked(self) -> str:
         """What the config asks for, as one stable string: the lock's `request`."""
-        wanted = f"{self.url}@{self.commit}" if self.commit else f"{self.url}#sha256={self.sha256}"
+        url = without_secrets(self.url)  # written into the lock and the records
+        wanted = f"{url}@{self.commit}" if self.commit else f"{url}#sha256={self.sha256}"
         requirements = (
             "requirements.txt" if self.requirements is None else json.dumps(list(self.requirements))
         )

@@ -14,7 +14,7 @@ import threading
 from urllib.parse import urlsplit, urlunsplit
 
 # Environment variables whose values are secrets wherever they show up.
-SECRET_ENV_VARS = ("HF_TOKEN", "CIVITAI_TOKEN", "PASSWORD", "OPEN_BUTTON_TOKEN")
+SECRET_ENV_VARS = ("HF_TOKEN", "CIVITAI_TOKEN", "GITHUB_TOKEN", "PASSWORD", "OPEN_BUTTON_TOKEN")
 
 _MASK = "***"
 _lock = threading.Lock()

@@ -29,6 +29,7 @@ INFLECTION = "inflection-0.5.1-py2.py3-none-any.whl"
 SECRET_VARS = (
     "HF_TOKEN",
     "CIVITAI_TOKEN",
+    "GITHUB_TOKEN",
     "PASSWORD",
     "OPEN_BUTTON_TOKEN",
     "PROVISION_URL",

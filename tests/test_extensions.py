@@ -347,3 +347,38 @@ def test_status_says_whether_each_extension_is_as_it_came(tmp_path, workspace, w
     changed = run_module("status", str(path), "--workspace", str(workspace), env=env)
     assert changed.returncode == 1
     assert "tiny       changed" in changed.stdout
+
+
+def test_a_private_repository_takes_github_token_which_goes_to_github_only(
+    tmp_path, workspace, write_config, github, monkeypatch
+):
+    token = "github_pat_private_5555"
+    codeload = FakeGitHub(repos=github.repos, private=github.private).start()  # another host
+    github.codeload = codeload.url
+    try:
+        commit = commit_files(tmp_path / "secret-ext", {"scripts/s.py": "S = 1\n"})
+        github.add("someone/secret-ext", tmp_path / "secret-ext", token=token)
+        path = write_config(
+            f'[extensions.secret]\nurl = "https://github.com/someone/secret-ext"\ncommit = "{commit}"\n'
+            "requirements = []\n"
+        )
+        without = run_module(str(path), "--workspace", str(workspace), env=env_for(None, tmp_path))
+        assert without.returncode == 1
+        assert (
+            "answered 404" in without.stderr and "a private repository needs GITHUB_TOKEN" in without.stderr
+        )
+
+        with_token = run_module(
+            str(path), "--workspace", str(workspace), env={**env_for(None, tmp_path), "GITHUB_TOKEN": token}
+        )
+
+        assert with_token.returncode == 0, with_token.stderr
+        assert (workspace / "sdnext" / "extensions" / "secret" / "scripts" / "s.py").read_text() == "S = 1\n"
+        assert [r.headers.get("authorization") for r in github.seen("/someone/")][-1] == f"Bearer {token}"
+        assert all("authorization" not in r.headers for r in codeload.requests), "the token left GitHub"
+        written = with_token.stdout + with_token.stderr
+        written += (workspace / ".provision" / "extensions.json").read_text()
+        written += (workspace / "logs" / "provision.log").read_text()
+        assert token not in written and "CODELOADGRANT" not in written
+    finally:
+        codeload.stop()

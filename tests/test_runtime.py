@@ -39,6 +39,7 @@ PASSWORD = "correct-horse-battery-9"
 TOKEN = "vasttoken0123456789abcdef"
 HF_TOKEN = "hf_runtime_secret_7777"
 CIVITAI_TOKEN = "civitai_runtime_secret_8888"
+GITHUB_TOKEN = "github_pat_runtime_secret_7777"
 
 
 pytestmark = pytest.mark.usefixtures("runtime_tools")  # and `start`: both in conftest.py
@@ -159,13 +160,16 @@ def test_services_listen_on_loopback_only_and_the_gateway_on_all(start):
 
 
 def test_each_service_was_started_with_the_flags_it_needs(start):
-    runtime = start(PASSWORD=PASSWORD, HF_TOKEN=HF_TOKEN, CIVITAI_TOKEN=CIVITAI_TOKEN)
+    runtime = start(
+        PASSWORD=PASSWORD, HF_TOKEN=HF_TOKEN, CIVITAI_TOKEN=CIVITAI_TOKEN, GITHUB_TOKEN=GITHUB_TOKEN
+    )
     ws, internal = str(runtime.workspace), runtime.internal
 
     sdnext = runtime.starts("sdnext-launch")[-1]
     assert sdnext["argv"] == ["--host", "127.0.0.1", "--port", str(internal["sdnext"])]
     assert sdnext["env"]["HF_TOKEN"] == HF_TOKEN  # gated diffusers models need it
     assert "CIVITAI_TOKEN" not in sdnext["env"]  # SD.Next does not use it
+    assert "GITHUB_TOKEN" not in sdnext["env"]  # provision's, for private extensions
 
     server = [s for s in runtime.starts("filebrowser") if s["argv"][:1] != ["config"]][-1]
     assert server["argv"] == [
@@ -194,7 +198,7 @@ def test_each_service_was_started_with_the_flags_it_needs(start):
         "--login",
     ]
     # the web terminal inherits no token and no password
-    for secret in ("HF_TOKEN", "CIVITAI_TOKEN", "PASSWORD", "OPEN_BUTTON_TOKEN"):
+    for secret in ("HF_TOKEN", "CIVITAI_TOKEN", "GITHUB_TOKEN", "PASSWORD", "OPEN_BUTTON_TOKEN"):
         assert secret not in ttyd["env"]
 
     logdy = runtime.starts("logdy")[-1]
@@ -335,6 +339,7 @@ def test_no_secret_in_process_arguments_or_logs(start, cdn, write_config):
         OPEN_BUTTON_TOKEN=TOKEN,
         HF_TOKEN=HF_TOKEN,
         CIVITAI_TOKEN=CIVITAI_TOKEN,
+        GITHUB_TOKEN=GITHUB_TOKEN,
         PROVISION_URL=str(config),
     )
     wait_for(lambda: "provision:" in log_text(runtime, "provision") and runtime.refreshes(), 30)
@@ -347,7 +352,7 @@ def test_no_secret_in_process_arguments_or_logs(start, cdn, write_config):
         p.read_text(errors="replace") for p in (runtime.workspace / "logs").rglob("*") if p.is_file()
     )
     assert "m.safetensors" in logs
-    for secret in (PASSWORD, TOKEN, HF_TOKEN, CIVITAI_TOKEN, "urlsecret9999"):
+    for secret in (PASSWORD, TOKEN, HF_TOKEN, CIVITAI_TOKEN, GITHUB_TOKEN, "urlsecret9999"):
         assert secret not in cmdlines, secret
         assert secret not in logs, secret
 

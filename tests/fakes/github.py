@@ -2,7 +2,9 @@
 answers 302 to `/codeload/OWNER/REPO/tar.gz/COMMIT` (codeload.github.com on the real site), which
 serves what `git archive` makes of the commit: a tar.gz whose pax header names the commit and
 whose files sit under `REPO-COMMIT/`. An unknown repository or commit is a 404, as on GitHub.
-The archives come from a real git repository (`make_repo`)."""
+The archives come from a real git repository (`commit_files`). A private repository answers
+404 unless `Authorization: Bearer TOKEN` comes with the request; its redirect then carries a
+token of its own, as GitHub's does. `codeload`: another server (another host) for the archives."""
 
 from __future__ import annotations
 
@@ -55,22 +57,35 @@ class FakeGitHub(FakeServer):
     repos: dict[str, Path] = field(default_factory=dict)  # "owner/name" -> git repository
     # (owner/name, commit) -> other bytes to serve instead of the commit's archive
     replaced: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    private: dict[str, str] = field(default_factory=dict)  # "owner/name" -> the token it takes
+    codeload: str | None = None  # the archives' server; None: this one
 
-    def add(self, slug: str, repo: Path) -> None:
+    def add(self, slug: str, repo: Path, token: str | None = None) -> None:
         self.repos[slug] = repo
+        if token:
+            self.private[slug] = token
 
     def handle(self, h: Handler, path: str, query: dict) -> None:
         parts = path.strip("/").split("/")
         if len(parts) == 4 and parts[2] == "archive" and parts[3].endswith(".tar.gz"):
             owner, name, _, ref = parts
-            h.reply(
-                302, headers={"Location": f"/codeload/{owner}/{name}/tar.gz/{ref.removesuffix('.tar.gz')}"}
+            token = self.private.get(f"{owner}/{name}")
+            if token is not None and h.headers.get("Authorization") != f"Bearer {token}":
+                h.reply(404, b"Not Found")
+                return
+            grant = "?token=CODELOADGRANT" if token else ""
+            where = (
+                f"{self.codeload or ''}/codeload/{owner}/{name}/tar.gz/{ref.removesuffix('.tar.gz')}{grant}"
             )
+            h.reply(302, headers={"Location": where})
             return
         if len(parts) == 5 and parts[0] == "codeload" and parts[3] == "tar.gz":
             _, owner, name, _, commit = parts
             slug = f"{owner}/{name}"
             repo = self.repos.get(slug)
+            if slug in self.private and query.get("token") != "CODELOADGRANT":
+                h.reply(404, b"Not Found")
+                return
             if (slug, commit) in self.replaced:
                 h.reply(200, self.replaced[(slug, commit)], content_type="application/x-gzip")
                 return
