@@ -36,7 +36,7 @@ examples:
 
 environment:
   HF_TOKEN, CIVITAI_TOKEN   tokens, sent only to their own service, never logged
-  GITHUB_TOKEN              for extensions in private GitHub repositories (GitHub only)
+  GITHUB_TOKEN              private GitHub extensions (sent to GitHub only)
   WORKSPACE                 the workspace (default /workspace)
   PROVISION_URL             the config, when none is given
   PROVISION_LOCK_URL        its lock (same URL rules), unless --lock-file
