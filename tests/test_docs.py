@@ -48,3 +48,22 @@ def test_the_internals_are_in_docs_and_the_readme_links_them():
         assert (REPO / doc).exists() and f"]({doc})" in readme
     first_screen = readme.split("## ", 1)[0]  # what a renter sees first: the two commands
     assert "nix build .#image" in first_screen and "./tests/run.sh" in first_screen
+
+
+def test_every_image_tag_shipped_is_the_pinned_sdnext_tag():
+    """The image is tagged with SD.Next's tag (nix/image.nix); a manifest or a README command
+    that names another one pulls an image that was never built (it happened: deploy/ kept the
+    old tag after a pin bump)."""
+    from provision.categories import PIN
+
+    texts = {p: p.read_text() for p in [*(REPO / "deploy").rglob("*.yaml"), REPO / "README.md"]}
+    texts[REPO / "nix" / "image.nix"] = (REPO / "nix" / "image.nix").read_text()
+    tags = set()
+    for path, text in texts.items():
+        for match in re.finditer(
+            r"(?:sdnext|OWNER/REPO):(\d{4}-\d{2}-\d{2})|newTag: (\d{4}-\d{2}-\d{2})|tag = \"(\d{4}-\d{2}-\d{2})\"",
+            text,
+        ):
+            tags.add((path.relative_to(REPO).as_posix(), next(g for g in match.groups() if g)))
+    assert len(tags) >= 6
+    assert {tag for _, tag in tags} == {PIN["tag"]}, sorted(t for t in tags if t[1] != PIN["tag"])

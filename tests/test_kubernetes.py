@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from provision.categories import PIN
+
 from .conftest import REPO
 from .fakes.server import FakeServer
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 TOOLS = Path(sys.prefix) / "deploy-tools" / "kubernetes" / "bin"  # made by tests/run.sh
-SECRET_NAMES = {"PASSWORD", "HF_TOKEN", "CIVITAI_TOKEN"}
+SECRET_NAMES = {"PASSWORD", "HF_TOKEN", "CIVITAI_TOKEN", "GITHUB_TOKEN"}
 GATEWAY_PORTS = {8010, 7010, 7020, 7030}
 # The checkers run offline: checkov skips its platform's mappings, and anything that still tries
 # the network meets a closed loopback port.
@@ -164,7 +166,8 @@ def test_the_mirror_pod_installs_the_lock_writes_it_by_hash_and_serves_only_that
     service = docs[("Service", "sdnext-mirror")]
     assert service["spec"]["ports"][0]["port"] == 80  # http://sdnext-mirror, as PROVISION_MIRROR says
     images = {c["image"] for d in docs.values() if d["kind"] == "Deployment" for c in _containers(d)}
-    assert "ghcr.io/OWNER/REPO:2026-01-22" in images and "sdnext:2026-01-22" not in images
+    tag = PIN["tag"]  # the overlay's images entry rewrites the base's sdnext:TAG everywhere
+    assert f"ghcr.io/OWNER/REPO:{tag}" in images and f"sdnext:{tag}" not in images
 
 
 def _containers(deployment: dict) -> list[dict]:
