@@ -7,17 +7,17 @@ over HTTPS: no git needed); its `git archive` header must name that commit. Any 
 match the sha256 the config gives. Either way the unpacked files are hashed (`tree_hash`) and a lock
 pins that hash, so the next host gets the same files even if GitHub compresses them anew.
 
-The files appear at once: unpacked under `.provision/staging/`, then renamed into place (an old
-version is renamed aside first and removed after). An archive entry that would land outside the
-folder, a link, a device or a setuid bit is refused (tarfile's `data` filter; zip names checked).
-The Python packages an extension needs are overlay.py's job.
+The archive is streamed to `.provision/staging/` and hashed on the way; the files appear at
+once: unpacked there, then renamed into place (an old version is renamed aside first and removed
+after). An entry that would land outside the folder, a link pointing out of it, a device or a
+setuid bit is refused (tarfile's `data` filter; zip names checked). The Python packages an
+extension needs are overlay.py's job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -40,7 +40,7 @@ from .secrets import redact
 
 log = logging.getLogger("provision")
 
-MAX_ARCHIVE = 512 * 1024 * 1024  # an extension is code: a bigger archive is a wrong URL
+MAX_ARCHIVE = 1024 * 1024 * 1024  # an extension is code (and some assets): bigger is a wrong URL
 
 
 class ExtensionError(Exception):
@@ -176,28 +176,23 @@ class Records:
 # --- fetch and unpack ------------------------------------------------------------------------
 
 
-def fetch(extension: Extension, workspace: Path, session: requests.Session | None = None) -> Unpacked:
+def fetch(extension: Extension, workspace: Path) -> Unpacked:
     """Download the extension's archive, check it and unpack it into a staging folder."""
     staging = paths.state_dir(workspace) / "staging" / "extensions"
     staging.mkdir(parents=True, exist_ok=True)
     url = archive_url(extension)
-    own_session = session is None
-    session = session or new_session(pool_size=2)
-    try:
-        data = _download(session, url, extension)
-    finally:
-        if own_session:
-            session.close()
-    archive_sha256 = hashlib.sha256(data).hexdigest()
-    if extension.sha256 and archive_sha256 != extension.sha256:
-        raise ExtensionError(
-            f"{extension.table}: the archive's sha256 is {archive_sha256}, the config says"
-            f" {extension.sha256}: check the URL, or put the new sha256 in the config if you trust it"
-        )
+    archive = staging / f"{extension.name}.{os.getpid()}.archive"
     folder = staging / f"{extension.name}.{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        commit = _unpack(data, folder, extension)
+        with new_session(pool_size=2) as session:
+            archive_sha256, size = _download(session, url, extension, archive)
+        if extension.sha256 and archive_sha256 != extension.sha256:
+            raise ExtensionError(
+                f"{extension.table}: the archive's sha256 is {archive_sha256}, the config says"
+                f" {extension.sha256}: check the URL, or put the new sha256 in the config if you trust it"
+            )
+        commit = _unpack(archive, folder, extension)
         files = manifest(folder)
         tree = tree_hash(files)
         locked = extension.locked
@@ -210,10 +205,13 @@ def fetch(extension: Extension, workspace: Path, session: requests.Session | Non
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return Unpacked(extension, folder, archive_sha256, files, commit, len(data), read_requirements(folder))
+    finally:
+        archive.unlink(missing_ok=True)
+    return Unpacked(extension, folder, archive_sha256, files, commit, size, read_requirements(folder))
 
 
-def _download(session: requests.Session, url: str, extension: Extension) -> bytes:
+def _download(session: requests.Session, url: str, extension: Extension, archive: Path) -> tuple[str, int]:
+    """Stream the archive into `archive`; its sha256 and size."""
     shown = redact(url)
     # A private repository's archive needs a token; GitHub answers 404 without one. The session
     # drops it when GitHub redirects to codeload (another host: its URL carries its own token).
@@ -231,27 +229,30 @@ def _download(session: requests.Session, url: str, extension: Extension) -> byte
                 )
             if response.status_code != 200:
                 raise ExtensionError(f"{extension.table}: {shown} answered HTTP {response.status_code}")
-            body = io.BytesIO()
-            for chunk in response.iter_content(1024 * 1024):
-                body.write(chunk)
-                if body.tell() > MAX_ARCHIVE:
-                    raise ExtensionError(
-                        f"{extension.table}: {shown} is over {MAX_ARCHIVE >> 20} MiB: not an extension"
-                    )
-            return body.getvalue()
+            digest, size = hashlib.sha256(), 0
+            with archive.open("wb") as sink:
+                for chunk in response.iter_content(1024 * 1024):
+                    sink.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if size > MAX_ARCHIVE:
+                        raise ExtensionError(
+                            f"{extension.table}: {shown} is over {MAX_ARCHIVE >> 20} MiB: not an extension"
+                        )
+            return digest.hexdigest(), size
     except requests.RequestException as err:
         failure = failures.classify(err, url)
         reason = failure.message(1) if failure else redact(str(err))
         raise ExtensionError(f"{extension.table}: {reason}") from None
 
 
-def _unpack(data: bytes, folder: Path, extension: Extension) -> str | None:
+def _unpack(archive_file: Path, folder: Path, extension: Extension) -> str | None:
     """Unpack into `folder` (a single top folder, as GitHub's archives have, is dropped); for a
     GitHub commit return it once checked against the archive's own header."""
     folder.mkdir(parents=True)
     commit = None
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    if zipfile.is_zipfile(archive_file):
+        with zipfile.ZipFile(archive_file) as archive:
             names = [n for n in archive.namelist() if not n.endswith("/")]
             for name in names:
                 _check_member(name, extension)
@@ -263,7 +264,7 @@ def _unpack(data: bytes, folder: Path, extension: Extension) -> str | None:
                     shutil.copyfileobj(source, sink)
     else:
         try:
-            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            with tarfile.open(archive_file) as archive:
                 commit = _unpack_tar(archive, folder, extension)
         except tarfile.TarError:
             raise ExtensionError(
