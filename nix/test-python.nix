@@ -4,6 +4,7 @@ ps: [
   ps.requests
   ps.huggingface-hub
   ps.gdown
+  ps.packaging # requirements and versions of extensions (provision/overlay.py)
   ps.pytest
   ps.pyelftools # reads the ELF files of a test wheel like nix/sdnext/wheel_manifest.py
   ps.pyte # renders provision's terminal output in tests/test_terminal.py
