@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
 
+log = logging.getLogger("provision")
+
 START = 16  # connections a host starts with: the fixed count before, enough for an uncapped link
-WINDOW = 1.0  # seconds of traffic the rate of a host is measured over
+WINDOW = 0.5  # seconds of traffic the rate of a host is measured over
 RISE = 1.4  # more connections are kept only when they raise the rate by this factor: a cap
 # per connection shows as nearly twice the rate for twice the connections, a full link as
 # none; a loaded machine's noise stays well inside the margin
@@ -169,13 +172,19 @@ class ConnectionSlots:
             link = self._host(host)
             before = link.limit
             link.received(n, time.monotonic(), lambda: any(entry[2] == host for entry in self.waiting))
+            if link.limit != before:
+                log.debug(f"{host}: {before} -> {link.limit} connections")
             if link.limit > before:
                 self.condition.notify_all()
 
     def pushed_back(self, host: str) -> None:
         """The host refused a request (429, 503, a connection refused): fewer connections."""
         with self.condition:
-            self._host(host).pushed_back(time.monotonic())
+            link = self._host(host)
+            before = link.limit
+            link.pushed_back(time.monotonic())
+            if link.limit != before:
+                log.debug(f"{host}: {before} -> {link.limit} connections (refused)")
 
     def limit(self, host: str) -> int:
         with self.condition:

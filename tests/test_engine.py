@@ -555,6 +555,7 @@ def test_a_request_stalled_before_its_first_byte_is_taken_over_without_an_empty_
     # which bytes of the piece were missing; the gap before it (the first piece, still under
     # way) reached past the piece's end, and the piece asked for nothing: bytes=N-(N-1).
     piece = transfer.PIECE
+    monkeypatch.setattr(transfer, "MIN_PIECE", piece)  # pieces of PIECE: the faults sit at their starts
     monkeypatch.setattr(transfer, "TAIL_SHARE", 1)  # every request asks for its whole piece
     monkeypatch.setattr(transfer, "JUDGED_AFTER", 0)  # judged at once: no wait for half a second
     data = blob(2 * piece + 8 * MiB, seed=21)
