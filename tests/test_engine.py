@@ -747,3 +747,66 @@ def test_a_server_that_limits_connections_per_client_gets_no_more_and_no_errors(
     assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
     assert 0 < cdn.refused <= START, "one burst of refusals, then within the limit"
     assert eng.slots.limit(cdn.url.split("//")[1]) <= 4
+
+
+def test_at_equal_speeds_a_files_last_request_is_split_with_a_connection_that_frees_up(
+    engine, cdn, tmp_path, monkeypatch
+):
+    # A per-connection cap: every connection as fast as the next. Two pieces end together; one
+    # connection takes the third piece, asked for whole (as while other files wait); the other
+    # used to end there, and the third piece ran alone for a piece's time (3.2 s at 32 MiB and
+    # 10 MiB/s). Now it takes the back half of that request, which ends where it begins.
+    piece = transfer.PIECE
+    monkeypatch.setattr(transfer, "MIN_PIECE", piece)  # pieces of PIECE
+    monkeypatch.setattr(transfer, "TAIL_SHARE", 1)  # every request asks for its whole piece
+    data = blob(3 * piece, seed=60)
+    cdn.add("/m.safetensors", data)
+    cdn.rate = 32 * MiB
+    result = engine(connections=2, per_file=2).fetch(download(cdn, tmp_path, data=data))
+    assert (result.status, result.bytes) == ("ok", len(data)), "every byte written once"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
+    starts = range_starts(r for r in cdn.seen("/m.safetensors") if r.method == "GET")
+    assert any(2 * piece < start < 3 * piece for start in starts), f"the last piece ran alone: {starts}"
+    assert cdn.body_bytes < len(data) + 4 * MiB, "only what was on its way is sent twice"
+
+
+def test_a_file_of_fewer_pieces_than_connections_is_cut_finer(engine, cdn, tmp_path):
+    # 80 MiB was three 32 MiB pieces: three connections at most, however many were free (a
+    # 150 MiB LoRA took 3.4 s on five at the end of a capped run). Now it is cut into up to
+    # SPLIT pieces of at least MIN_PIECE, fetched side by side.
+    cdn.add("/m.safetensors", LARGE)
+    cdn.rate = 16 * MiB  # every piece takes a while: they overlap
+    result = engine(connections=16, per_file=16).fetch(download(cdn, tmp_path, data=LARGE))
+    assert (result.status, result.bytes) == ("ok", len(LARGE))
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+    assert cdn.peak_sends > 3, cdn.peak_sends
+    assert len(LARGE) // transfer.MIN_PIECE <= len(cdn.requests) <= 2 * len(LARGE) // transfer.MIN_PIECE
+
+
+def test_small_files_do_not_wait_for_the_big_files_turns(cdn, tmp_path):
+    # `--jobs 1`: one big file at a time. Files smaller than a piece run in a lane of their own
+    # beside it: all of them are in place while the big file's body is still held back (they
+    # used to wait until it ended, then went one at a time).
+    from provision import Provisioner
+
+    held = threading.Event()
+    big = blob(40 * MiB, seed=61)
+    cdn.add("/big.bin", big)
+    cdn.fault_at("/big.bin", 0, Fault(stall_at=MiB, hold=held))
+    smalls = {f"s{n}.bin": blob(300_000, seed=62 + n) for n in range(6)}
+    for name, data in smalls.items():
+        cdn.add(f"/{name}", data)
+    config = tmp_path / "models.toml"
+    items = {"big": "big.bin", **{name.split(".")[0]: name for name in smalls}}
+    config.write_text("[models.esrgan]\n" + "".join(f'{k} = "{cdn.url}/{v}"\n' for k, v in items.items()))
+    folder = tmp_path / "ws" / "sdnext" / "models" / "ESRGAN"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        run = pool.submit(Provisioner(tmp_path / "ws", jobs=1, progress=False).run, config)
+        try:
+            wait_for(lambda: all((folder / name).exists() for name in smalls), "the small files in place")
+            assert not (folder / "big.bin").exists() and cdn.holds == 1, "the big file still held"
+        finally:
+            held.set()
+        assert [r.status for r in run.result(60).results] == ["ok"] * 7
+    for name, data in {"big.bin": big, **smalls}.items():
+        assert sha256((folder / name).read_bytes()) == sha256(data)
