@@ -28,9 +28,11 @@ log = logging.getLogger("provision")
 
 DEFAULT_JOBS = 5
 # The ceiling, in all, across files: each host starts with 16 and gets more only while its rate
-# rises with them (slots.py). At a per-connection cap speed is the connection count: two big
-# files at 16 each, as aria2c's usual recipe (-x16 -j5) has them; with 512 KiB read buffers
-# (16 MiB in all) memory stays under 64 MiB, and a fast uncapped link pays little CPU for it.
+# rises with them (slots.py). At a per-connection cap speed is the connection count, and any
+# one file may use them all: aria2c's usual recipe (-x16 -j5) gives a 2 GiB file 16, so it
+# cannot end before 2 GiB / (16 x the cap). With 16 MiB of read buffers in all (engine.py) and
+# sessions that follow slots, peak memory stays under 64 MiB here; a fast uncapped link stays
+# near 16 (more did not raise its rate) and pays nothing for the ceiling.
 DEFAULT_CONNECTIONS = 64
 
 
