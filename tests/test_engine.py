@@ -430,6 +430,7 @@ def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp
     """Work stealing: one piece's connection stalls; another finishes its own, then splits
     what the slow one has not asked for yet and fetches the back half, then the back of what
     it asked for. Only what was on its way when that request was cut is sent twice."""
+    monkeypatch.setattr(transfer, "MIN_PIECE", transfer.PIECE)  # pieces of PIECE
     monkeypatch.setattr(transfer, "TAIL_SHARE", 1000)  # after the first, every request asks 8 MiB
     cdn.add("/m.safetensors", LARGE)
     cdn.fault("/m.safetensors", Fault(), Fault(stall_at=1024 * 1024, stall=2.0))
