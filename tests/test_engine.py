@@ -774,7 +774,7 @@ def test_at_equal_speeds_a_files_last_request_is_split_with_a_connection_that_fr
 def test_a_file_of_fewer_pieces_than_connections_is_cut_finer(engine, cdn, tmp_path):
     # 80 MiB was three 32 MiB pieces: three connections at most, however many were free (a
     # 150 MiB LoRA took 3.4 s on five at the end of a capped run). Now it is cut into up to
-    # SPLIT pieces of at least MIN_PIECE, fetched side by side.
+    # min(SPLIT, per_file) pieces of at least MIN_PIECE, fetched side by side.
     cdn.add("/m.safetensors", LARGE)
     cdn.rate = 16 * MiB  # every piece takes a while: they overlap
     result = engine(connections=16, per_file=16).fetch(download(cdn, tmp_path, data=LARGE))
