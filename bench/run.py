@@ -110,6 +110,7 @@ def measure(
     note: str = "",
     *,
     peer: bool = False,
+    cwd: Path | None = None,
 ) -> Row:
     """Wall, CPU and peak RSS of one tool's process tree, and the requests the server saw.
     /usr/bin/time forks the tool from its own small process: rusage straight from this one
@@ -122,7 +123,7 @@ def measure(
         timed = ["/usr/bin/time", "-f", "%U %S %M", "-o", timing.name, *command]
         start = time.monotonic()
         result = subprocess.run(
-            timed, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            timed, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd
         )
         wall = time.monotonic() - start
         if result.returncode != 0 and not peer:
@@ -375,7 +376,10 @@ def main() -> None:
             if baseline_env is not None:
                 ws = fresh("baseline")
                 cmd = provision_command(config, ws, None)
-                row = measure("provision (baseline)", cmd, total, stats, env=baseline_env, note="defaults")
+                # From its own folder: `python -m` looks in the working directory first.
+                row = measure(
+                    "provision (baseline)", cmd, total, stats, env=baseline_env, note="defaults", cwd=args.baseline
+                )
                 rows.append(row)
                 check(ws, data, names)
                 shutil.rmtree(ws)
