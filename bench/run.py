@@ -123,7 +123,11 @@ def measure(
         timed = ["/usr/bin/time", "-f", "%U %S %M", "-o", timing.name, *command]
         start = time.monotonic()
         result = subprocess.run(
-            timed, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd
+            timed,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
         )
         wall = time.monotonic() - start
         if result.returncode != 0 and not peer:
@@ -377,9 +381,8 @@ def main() -> None:
                 ws = fresh("baseline")
                 cmd = provision_command(config, ws, None)
                 # From its own folder: `python -m` looks in the working directory first.
-                row = measure(
-                    "provision (baseline)", cmd, total, stats, env=baseline_env, note="defaults", cwd=args.baseline
-                )
+                env, cwd = baseline_env, args.baseline
+                row = measure("provision (baseline)", cmd, total, stats, env=env, note="defaults", cwd=cwd)
                 rows.append(row)
                 check(ws, data, names)
                 shutil.rmtree(ws)
