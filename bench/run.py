@@ -2,7 +2,7 @@
 
     python bench/run.py [--rate-mib 16] [--connections N] [--scale 1.0] [--skip-8g] [--data DIR]
                         [--server python|nginx] [--tls] [--slow-edge] [--only-engines] [--repeat N]
-                        [--limit-conn N] [--no-range] [--small-files N]
+                        [--limit-conn N] [--no-range] [--small-files N [--no-big]] [--baseline DIR]
 
 The set: one 2 GiB checkpoint, one 1 GiB text encoder, one 320 MiB VAE and four 150 MiB LoRAs,
 served by bench/server.py with Range support and a per-connection rate cap (as a CDN has).
@@ -11,10 +11,12 @@ In the same run it measures:
 - provision (this tool) with its defaults (connections follow the link up to its ceiling),
   and with --connections N when given;
 - aria2c's usual recipe (-j 5 -x 16 -s 16: up to 16 connections per file, 5 files at once),
-  and with provision's connection budget both ways (-j 2 -x N/2 -s N/2 and -j 1 -x N -s N);
-- curl, one file after another, one stream each (what the earlier images did);
+  and with provision's connection budget both ways (-j 2 -x N/2 -s N/2 and -j 1 -x N -s N),
+  and with small files in the set its answer to many files (-j 16);
+- with --baseline DIR, the provision of another checkout (main's, say) at its defaults;
 - huggingface_hub's hf_hub_download, eight files at once as `hf download` does, against the
   same server speaking the Hub's resolve protocol (python server);
+- curl, one file after another, one stream each (what the earlier images did), once;
 - provision again with everything in place (model bytes the server sent: should be 0);
 - provision's peak memory on a 2 GiB file and on an 8 GiB file (flat in file size).
 
@@ -22,7 +24,10 @@ Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree), 
 /usr/bin/time, so each tool's own) and the requests the server served it. `--rate-mib 0` takes
 the cap off (the regime of a fast link). Regimes: `--limit-conn N` lets a client have N requests at once
 (nginx `limit_conn`, 503 beyond), `--no-range` ignores Range (nginx `max_ranges 0`; every
-answer is the whole file, as olah's), `--small-files N` adds N files of 1.7 MiB to the set.
+answer is the whole file, as olah's), `--small-files N` adds N files of 1.7 MiB to the set
+(`--no-big`: only those). Every tool but curl runs once per round, `--repeat N` rounds taken in
+turn (a noisy moment hits every tool alike), the median row of each shown; before each run the
+disk is synced, so none pays for the last one's writes.
 `--server nginx --tls` serves HTTPS, as the Hub,
 CivitAI and every CDN do: each tool then pays for decryption, and Python reads a TLS record
 (at most 16 KiB) per call where plain HTTP fills a megabyte. Not part of the test run; needs
@@ -62,6 +67,7 @@ class Row:
     size: int
     note: str = ""
     requests: int = 0
+    failed: bool = False
 
     @property
     def throughput(self) -> float:
@@ -95,22 +101,42 @@ def make_small_file(path: Path, size: int, seed: int) -> None:
     path.with_name(path.name + ".sha256").write_text(hashlib.sha256(block).hexdigest())
 
 
-def measure(tool: str, command: list[str], size: int, stats, env: dict | None = None, note: str = "") -> Row:
+def measure(
+    tool: str,
+    command: list[str],
+    size: int,
+    stats,
+    env: dict | None = None,
+    note: str = "",
+    *,
+    peer: bool = False,
+    cwd: Path | None = None,
+) -> Row:
     """Wall, CPU and peak RSS of one tool's process tree, and the requests the server saw.
     /usr/bin/time forks the tool from its own small process: rusage straight from this one
-    would report our own peak RSS for every child (Linux carries ru_maxrss across exec)."""
+    would report our own peak RSS for every child (Linux carries ru_maxrss across exec).
+    A peer that fails (aria2c's usual recipe against `limit_conn`) is a row that says so;
+    provision failing ends the run."""
+    os.sync()  # the last tool's dirty pages reach the disk first: each starts from none
     requests_before = stats()[1]
     with tempfile.NamedTemporaryFile("r", suffix=".time") as timing:
         timed = ["/usr/bin/time", "-f", "%U %S %M", "-o", timing.name, *command]
         start = time.monotonic()
         result = subprocess.run(
-            timed, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            timed,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
         )
         wall = time.monotonic() - start
-        if result.returncode != 0:
+        if result.returncode != 0 and not peer:
             raise SystemExit(f"{tool} failed ({result.returncode}): {result.stderr.decode()[-2000:]}")
         user, system, peak_kib = timing.read().split()[-3:]
+    if result.returncode != 0:
+        note = f"{note} FAILED (exit {result.returncode})".strip()
     row = Row(tool, wall, float(user) + float(system), int(peak_kib) / 1024, size, note)
+    row.failed = result.returncode != 0
     row.requests = stats()[1] - requests_before
     return row
 
@@ -232,6 +258,24 @@ def provision_command(config: Path, workspace: Path, connections: int | None) ->
     return [sys.executable, "-m", "provision", str(config), "--workspace", str(workspace), *budget, "-q"]
 
 
+HF_SCRIPT = (  # eight files at once, as `hf download` (snapshot_download) fetches a repository
+    "import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+    "from huggingface_hub import hf_hub_download\n"
+    "with ThreadPoolExecutor(8) as pool:\n"
+    "    list(pool.map(lambda n: hf_hub_download('bench/models', n, local_dir=sys.argv[1]), sys.argv[2:]))\n"
+)
+
+
+def hf_env(base: str, work: Path) -> dict[str, str]:
+    return {
+        "HF_ENDPOINT": base,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HOME": str(work / "hf-home"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,6 +289,10 @@ def main() -> None:
     parser.add_argument("--limit-conn", type=int, default=0, help="nginx: requests at once per client")
     parser.add_argument("--no-range", action="store_true", help="nginx: ignore Range (max_ranges 0)")
     parser.add_argument("--small-files", type=int, default=0, help="add this many 1.7 MiB files")
+    parser.add_argument("--no-big", action="store_true", help="only the small files (with --small-files)")
+    parser.add_argument(
+        "--baseline", type=Path, help="also measure the provision of this checkout (e.g. main's), same rounds"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="scale file sizes (0.1 for a quick try)")
     parser.add_argument("--skip-8g", action="store_true", help="skip the 2 GiB vs 8 GiB memory check")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "provision-bench-data")
@@ -270,10 +318,12 @@ def main() -> None:
         parser.error("--slow-edge needs --server python and a rate cap (--rate-mib)")
     if args.limit_conn and args.server != "nginx":
         parser.error("--limit-conn needs --server nginx")
+    if args.no_big and not args.small_files:
+        parser.error("--no-big needs --small-files N")
 
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
-    files = [(name, max(1, int(size * args.scale))) for name, size in SET]
+    files = [] if args.no_big else [(name, max(1, int(size * args.scale))) for name, size in SET]
     print(f"preparing {sum(s for _, s in files)} MiB of test files in {data} ...", file=sys.stderr)
     for seed, (name, size) in enumerate(files):
         make_file(data / name, size, seed)
@@ -311,6 +361,8 @@ def main() -> None:
 
         config = provision_config(base, names, work / "models.toml")
         (work / "aria2.txt").write_text("".join(f"{base}/files/{n}\n  out={n}\n" for n in names))
+        hf_applies = not args.only_engines and args.server == "python"  # nginx: no Hub protocol
+        baseline_env = {**ours_env, "PYTHONPATH": str(args.baseline)} if args.baseline else None
         for round_ in range(args.repeat):  # alternating, so a noisy moment hits every tool alike
             for budget in (None, conns) if conns else (None,):
                 ws = fresh("provision")
@@ -325,11 +377,23 @@ def main() -> None:
                 rerun.size = 0
                 rows.append(rerun)
             shutil.rmtree(ws)
+            if baseline_env is not None:
+                ws = fresh("baseline")
+                cmd = provision_command(config, ws, None)
+                # From its own folder: `python -m` looks in the working directory first.
+                env, cwd = baseline_env, args.baseline
+                row = measure("provision (baseline)", cmd, total, stats, env=env, note="defaults", cwd=cwd)
+                rows.append(row)
+                check(ws, data, names)
+                shutil.rmtree(ws)
 
-            # aria2c's usual recipe, and its two ways to spend our budget: two files of N/2, or one of N.
+            # aria2c's usual recipe, and its two ways to spend our budget: two files of N/2, or one of N;
+            # for many small files, its answer to them: 16 files at once.
             recipes = [(5, 16)]
             if conns:
                 recipes += [(2, max(1, min(16, conns // 2))), (1, min(conns, 16))]  # aria2c: -x 16 at most
+            if args.small_files:
+                recipes += [(16, 16)]
             for jobs, per_file in recipes:
                 out = fresh("aria2")
                 options = ["-j", str(jobs), "-x", str(per_file), "-s", str(per_file)]
@@ -337,8 +401,18 @@ def main() -> None:
                 aria2 += ["--file-allocation=none", "--console-log-level=warn", "--summary-interval=0"]
                 aria2 += ["--allow-overwrite=true", "--auto-file-renaming=false"]
                 aria2 += [f"--ca-certificate={tls[0]}"] if tls else []
-                rows.append(measure("aria2c", aria2, total, stats, note=" ".join(options)))
-                check(out, data, names)
+                rows.append(measure("aria2c", aria2, total, stats, note=" ".join(options), peer=True))
+                if not rows[-1].failed:
+                    check(out, data, names)
+                shutil.rmtree(out)
+
+            if hf_applies:
+                out = fresh("hf")
+                hf_cmd = [sys.executable, "-c", HF_SCRIPT, str(out), *names]
+                env = hf_env(base, work)
+                rows.append(measure("hf_hub_download x8", hf_cmd, total, stats, env=env, peer=True))
+                if not rows[-1].failed:
+                    check(out, data, names)
                 shutil.rmtree(out)
         rows = medians(rows)
 
@@ -347,34 +421,6 @@ def main() -> None:
             cacert = f"--cacert {tls[0]} " if tls else ""
             script = " && ".join(f"curl -sS --fail {cacert}-o {out / n} {base}/files/{n}" for n in names)
             rows.append(measure("curl (sequential)", ["sh", "-c", script], total, stats))
-            check(out, data, names)
-            shutil.rmtree(out)
-
-        if not args.only_engines and args.server == "python":  # nginx does not speak the Hub's protocol
-            out = fresh("hf")
-            # Eight files at once, as `hf download` (snapshot_download) fetches a repository.
-            hf_script = (
-                "import sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
-                "from huggingface_hub import hf_hub_download\n"
-                "with ThreadPoolExecutor(8) as pool:\n"
-                "    list(pool.map(lambda n: hf_hub_download('bench/models', n, local_dir=sys.argv[1]),"
-                " sys.argv[2:]))\n"
-            )
-            rows.append(
-                measure(
-                    "hf_hub_download x8",
-                    [sys.executable, "-c", hf_script, str(out), *names],
-                    total,
-                    stats,
-                    env={
-                        "HF_ENDPOINT": base,
-                        "HF_HUB_DISABLE_XET": "1",
-                        "HF_HUB_DISABLE_TELEMETRY": "1",
-                        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                        "HF_HOME": str(work / "hf-home"),
-                    },
-                )
-            )
             check(out, data, names)
             shutil.rmtree(out)
 
@@ -419,13 +465,26 @@ def main() -> None:
         )
     by_tool = {row.tool: row for row in rows}
     print()
-    best_aria2 = min((row for row in rows if row.tool == "aria2c"), key=lambda row: row.wall)
-    recipe = next(row for row in rows if row.tool == "aria2c" and row.note.startswith("-j 5 -x 16 -s 16"))
-    print(f"provision / aria2c -j 5 -x 16 -s 16 wall: {ours.wall / recipe.wall:.2f}")
-    target = "0.9" if args.rate_mib == 0 else "0.95"
-    print(f"provision / best aria2c wall: {ours.wall / best_aria2.wall:.2f} (target <= {target})")
-    print(f"provision / that aria2c CPU: {ours.cpu / best_aria2.cpu:.2f} (target <= 1.5)")
-    print(f"provision / that aria2c requests: {ours.requests / best_aria2.requests:.2f} (target <= 2)")
+    working = [row for row in rows if row.tool == "aria2c" and not row.failed]
+    best_aria2 = min(working, key=lambda row: row.wall) if working else None
+    capped = " (target <= 0.9 at a per-connection cap)" if args.rate_mib > 0 else ""
+    for options, target in (("-j 5 -x 16 -s 16", capped), ("-j 16 -x 16 -s 16", " (target <= 1)")):
+        peer = next((row for row in working if row.note.startswith(options)), None)
+        if peer is not None:
+            print(f"provision / aria2c {options} wall: {ours.wall / peer.wall:.2f}{target}")
+    if "hf_hub_download x8" in by_tool and not by_tool["hf_hub_download x8"].failed:
+        hf = by_tool["hf_hub_download x8"]
+        print(f"provision / hf_hub_download x8 wall: {ours.wall / hf.wall:.2f} (target <= 1.05, no Range)")
+    if "provision (baseline)" in by_tool:
+        baseline = by_tool["provision (baseline)"]
+        print(
+            f"provision / baseline: wall {ours.wall / baseline.wall:.2f}, CPU {ours.cpu / baseline.cpu:.2f},"
+            f" peak memory {ours.peak_mib:.0f} vs {baseline.peak_mib:.0f} MiB"
+        )
+    if best_aria2 is not None:
+        print(f"provision / best aria2c wall: {ours.wall / best_aria2.wall:.2f} (target <= 1)")
+        print(f"provision / that aria2c CPU: {ours.cpu / best_aria2.cpu:.2f} (target <= 1.5)")
+        print(f"provision / that aria2c requests: {ours.requests / best_aria2.requests:.2f} (target <= 2)")
     print(f"provision peak memory: {ours.peak_mib:.0f} MiB (target <= 64)")
     if "curl (sequential)" in by_tool:
         speedup = by_tool["curl (sequential)"].wall / ours.wall

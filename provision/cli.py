@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"workspace folder (default: $WORKSPACE, else {paths.DEFAULT_WORKSPACE}); models go to"
         " <workspace>/sdnext/models",
     )
-    parser.add_argument("--jobs", type=positive, default=DEFAULT_JOBS, help="files at once (default 5)")
+    parser.add_argument(
+        "--jobs",
+        type=positive,
+        default=DEFAULT_JOBS,
+        help="files at once (default 5); files under 32 MiB go up to 32 at once beside them",
+    )
     parser.add_argument(
         "--connections",
         type=positive,

@@ -28,11 +28,12 @@ log = logging.getLogger("provision")
 
 DEFAULT_JOBS = 5
 # The ceiling, in all, across files: each host starts with 16 and gets more only while its rate
-# rises with them (slots.py). At a per-connection cap speed is the connection count: two big
-# files at 16 each, as aria2c's usual recipe (-x16 -j5) has them; with 512 KiB read buffers
-# (16 MiB in all) memory stays under 64 MiB, and a fast uncapped link pays little CPU for it.
-DEFAULT_CONNECTIONS = 32
-PER_FILE_CONNECTIONS = 16  # a file may use them all while no other file needs them
+# rises with them (slots.py). At a per-connection cap speed is the connection count, and any
+# one file may use them all: aria2c's usual recipe (-x16 -j5) gives a 2 GiB file 16, so it
+# cannot end before 2 GiB / (16 x the cap). With 16 MiB of read buffers in all (engine.py) and
+# sessions that follow slots, peak memory stays under 64 MiB here; a fast uncapped link stays
+# near 16 (more did not raise its rate) and pays nothing for the ceiling.
+DEFAULT_CONNECTIONS = 64
 
 
 class Provisioner:
@@ -85,7 +86,7 @@ class Provisioner:
         self.lock_file = lock_file  # a path or URL; None: beside the config (models.lock)
         # A content-addressed mirror (URL or folder) asked before the sources: mirror.py.
         self.mirror = mirror
-        self.per_file = min(PER_FILE_CONNECTIONS, connections)
+        self.per_file = connections  # a file may use them all while no other file needs them
         self.retry = retry or RetryPolicy.from_env()
         # PROVISION_READ_TIMEOUT: seconds without a byte before a connection counts as stalled.
         self.timeout = timeout or (TIMEOUT[0], float(os.environ.get("PROVISION_READ_TIMEOUT", TIMEOUT[1])))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 
 import requests
-from gdown.download import get_url_from_gdrive_confirmation
-from gdown.exceptions import FileURLRetrievalError
 
 from .http import TIMEOUT, read_capped
 from .links import DEFAULT_GDRIVE_ENDPOINT, endpoint
@@ -77,6 +75,11 @@ def _open_once(session: requests.Session, file_id: str, headers: dict[str, str] 
             raise DriveError(f"Google Drive sent an unexpected page for file {file_id}") from None
         finally:
             response.close()
+        # gdown (with BeautifulSoup) is imported here, for a Drive page only: 5 MiB of memory
+        # every run would carry otherwise (provision's peak is measured, see docs/downloads.md).
+        from gdown.download import get_url_from_gdrive_confirmation
+        from gdown.exceptions import FileURLRetrievalError
+
         try:
             url = get_url_from_gdrive_confirmation(page)
         except FileURLRetrievalError as err:

@@ -214,9 +214,13 @@ class Engine:
         one, whose workers hand their connection over between pieces (Transfer._piece_worker),
         so it never waits for a big file to end (two 1.7 MiB files took 12 s each behind a
         2 GiB and a 1 GiB one)."""
+        return next(self._small_first if self.small(download) else self._priorities)
+
+    def small(self, download: Download) -> bool:
+        """A file smaller than one piece: one request, one connection (run.py gives these a
+        lane of their own)."""
         size = download.expected_size
-        small = size is not None and size < transfer_module.PIECE
-        return next(self._small_first if small else self._priorities)
+        return size is not None and size < transfer_module.PIECE
 
     # --- servers without Range --------------------------------------------------------------
 
@@ -257,8 +261,10 @@ class Engine:
     # --- requests ---------------------------------------------------------------------------
 
     def session(self) -> requests.Session:
-        """This thread's session: never shared by two threads at once, but handed on when a
-        thread ends (`thread_done`), so its kept-alive connections serve the next file."""
+        """This thread's session: never shared by two threads at once, but handed on when the
+        thread gives up its connection slot (`hand_back`), so its kept-alive connection serves
+        the next request of whichever thread takes a slot next: as many sessions as slots in
+        use, not one per worker thread (a worker waiting for a slot holds none)."""
         session = getattr(self._local, "session", None)
         if session is None:
             with self._active_lock:
@@ -272,8 +278,8 @@ class Engine:
 
     def buffer(self) -> bytearray:
         """This thread's read buffer, reused for every body it reads while it holds a
-        connection: no megabyte of fresh bytes per read, and memory that stays flat (the
-        connections' buffers take BUFFERS in all at the ceiling)."""
+        connection: no fresh bytes per read, and memory that stays flat (the connections'
+        buffers take BUFFERS in all at the ceiling)."""
         buffer = getattr(self._local, "buffer", None)
         if buffer is None:
             with self._active_lock:
@@ -281,16 +287,9 @@ class Engine:
             self._local.buffer = buffer
         return buffer
 
-    def put_buffer(self) -> None:
-        """This thread gave up its connection: its buffer goes to the next one to read (a
-        worker waiting for a connection holds none)."""
-        buffer, self._local.buffer = getattr(self._local, "buffer", None), None
-        if buffer is not None:
-            with self._active_lock:
-                self._idle_buffers.append(buffer)
-
-    def thread_done(self) -> None:
-        """A worker thread ends: its session and buffer go to the next thread that needs one."""
+    def hand_back(self) -> None:
+        """This thread gave up its connection slot, or ends: its buffer and session go to the
+        next thread that takes one."""
         session = getattr(self._local, "session", None)
         buffer = getattr(self._local, "buffer", None)
         self._local.session = self._local.buffer = None

@@ -430,6 +430,7 @@ def test_an_idle_connection_takes_the_back_half_of_a_slow_piece(engine, cdn, tmp
     """Work stealing: one piece's connection stalls; another finishes its own, then splits
     what the slow one has not asked for yet and fetches the back half, then the back of what
     it asked for. Only what was on its way when that request was cut is sent twice."""
+    monkeypatch.setattr(transfer, "MIN_PIECE", transfer.PIECE)  # pieces of PIECE
     monkeypatch.setattr(transfer, "TAIL_SHARE", 1000)  # after the first, every request asks 8 MiB
     cdn.add("/m.safetensors", LARGE)
     cdn.fault("/m.safetensors", Fault(), Fault(stall_at=1024 * 1024, stall=2.0))
@@ -555,6 +556,7 @@ def test_a_request_stalled_before_its_first_byte_is_taken_over_without_an_empty_
     # which bytes of the piece were missing; the gap before it (the first piece, still under
     # way) reached past the piece's end, and the piece asked for nothing: bytes=N-(N-1).
     piece = transfer.PIECE
+    monkeypatch.setattr(transfer, "MIN_PIECE", piece)  # pieces of PIECE: the faults sit at their starts
     monkeypatch.setattr(transfer, "TAIL_SHARE", 1)  # every request asks for its whole piece
     monkeypatch.setattr(transfer, "JUDGED_AFTER", 0)  # judged at once: no wait for half a second
     data = blob(2 * piece + 8 * MiB, seed=21)
@@ -777,3 +779,66 @@ def test_a_stream_without_a_size_stopped_midway_is_never_taken_for_the_whole_fil
     assert not (tmp_path / "models" / "m.safetensors").exists(), "a stopped stream was committed"
     state = json.loads((tmp_path / "models" / "m.safetensors.part.state").read_text())
     assert state["total"] is None, "the bytes read before the stop were saved as the file's size"
+
+
+def test_at_equal_speeds_a_files_last_request_is_split_with_a_connection_that_frees_up(
+    engine, cdn, tmp_path, monkeypatch
+):
+    # A per-connection cap: every connection as fast as the next. Two pieces end together; one
+    # connection takes the third piece, asked for whole (as while other files wait); the other
+    # used to end there, and the third piece ran alone for a piece's time (3.2 s at 32 MiB and
+    # 10 MiB/s). Now it takes the back half of that request, which ends where it begins.
+    piece = transfer.PIECE
+    monkeypatch.setattr(transfer, "MIN_PIECE", piece)  # pieces of PIECE
+    monkeypatch.setattr(transfer, "TAIL_SHARE", 1)  # every request asks for its whole piece
+    data = blob(3 * piece, seed=60)
+    cdn.add("/m.safetensors", data)
+    cdn.rate = 32 * MiB
+    result = engine(connections=2, per_file=2).fetch(download(cdn, tmp_path, data=data))
+    assert (result.status, result.bytes) == ("ok", len(data)), "every byte written once"
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(data)
+    starts = range_starts(r for r in cdn.seen("/m.safetensors") if r.method == "GET")
+    assert any(2 * piece < start < 3 * piece for start in starts), f"the last piece ran alone: {starts}"
+    assert cdn.body_bytes < len(data) + 4 * MiB, "only what was on its way is sent twice"
+
+
+def test_a_file_of_fewer_pieces_than_connections_is_cut_finer(engine, cdn, tmp_path):
+    # 80 MiB was three 32 MiB pieces: three connections at most, however many were free (a
+    # 150 MiB LoRA took 3.4 s on five at the end of a capped run). Now it is cut into up to
+    # min(SPLIT, per_file) pieces of at least MIN_PIECE, fetched side by side.
+    cdn.add("/m.safetensors", LARGE)
+    cdn.rate = 16 * MiB  # every piece takes a while: they overlap
+    result = engine(connections=16, per_file=16).fetch(download(cdn, tmp_path, data=LARGE))
+    assert (result.status, result.bytes) == ("ok", len(LARGE))
+    assert sha256((tmp_path / "models" / "m.safetensors").read_bytes()) == sha256(LARGE)
+    assert cdn.peak_sends > 3, cdn.peak_sends
+    assert len(LARGE) // transfer.MIN_PIECE <= len(cdn.requests) <= 2 * len(LARGE) // transfer.MIN_PIECE
+
+
+def test_small_files_do_not_wait_for_the_big_files_turns(cdn, tmp_path):
+    # `--jobs 1`: one big file at a time. Files smaller than a piece run in a lane of their own
+    # beside it: all of them are in place while the big file's body is still held back (they
+    # used to wait until it ended, then went one at a time).
+    from provision import Provisioner
+
+    held = threading.Event()
+    big = blob(40 * MiB, seed=61)
+    cdn.add("/big.bin", big)
+    cdn.fault_at("/big.bin", 0, Fault(stall_at=MiB, hold=held))
+    smalls = {f"s{n}.bin": blob(300_000, seed=62 + n) for n in range(6)}
+    for name, data in smalls.items():
+        cdn.add(f"/{name}", data)
+    config = tmp_path / "models.toml"
+    items = {"big": "big.bin", **{name.split(".")[0]: name for name in smalls}}
+    config.write_text("[models.esrgan]\n" + "".join(f'{k} = "{cdn.url}/{v}"\n' for k, v in items.items()))
+    folder = tmp_path / "ws" / "sdnext" / "models" / "ESRGAN"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        run = pool.submit(Provisioner(tmp_path / "ws", jobs=1, progress=False).run, config)
+        try:
+            wait_for(lambda: all((folder / name).exists() for name in smalls), "the small files in place")
+            assert not (folder / "big.bin").exists() and cdn.holds == 1, "the big file still held"
+        finally:
+            held.set()
+        assert [r.status for r in run.result(60).results] == ["ok"] * 7
+    for name, data in {"big.bin": big, **smalls}.items():
+        assert sha256((folder / name).read_bytes()) == sha256(data)
