@@ -28,7 +28,7 @@ from .hashing import hash_file
 from .ondisk import PARTIAL, OnDisk
 from .partfile import PartFile
 from .paths import safe_filename
-from .plan import Item, LockedFile, UrlSpec
+from .plan import Item, LockedFile, Plan, UrlSpec
 from .records import Record, workspace_records
 from .report import WIDTH, columns, human_size
 
@@ -88,20 +88,26 @@ class _Owners:
         return next((table for folder, table in self.folders if path.is_relative_to(folder)), "-")
 
 
-def survey(
-    workspace: Path, config: str | None, lock_file: str | None = None, *, verify: bool = False
-) -> list[FileStatus]:
+def read_plan(workspace: Path, config: str | None, lock_file: str | None = None) -> Plan | None:
+    """The config's plan with its lock attached (None without a config): read once, for the
+    files and the extensions alike."""
+    if not config:
+        return None
+    provisioner = Provisioner(workspace, dry_run=True, offline=True, lock_file=lock_file)
+    plan = provisioner.plan(config)
+    where = provisioner.lock_path(config)
+    if lock_file or Path(where).exists():
+        lockfile.attach(plan, lockfile.read_lock(where))
+    return plan
+
+
+def survey(workspace: Path, plan: Plan | None, *, verify: bool = False) -> list[FileStatus]:
     root = paths.models_root(workspace)
     verified, recorded = workspace_records(workspace)
-    items: list[Item] = []
+    owned = plan is not None  # with a config, each file's owner is said
+    items: list[Item] = plan.items if plan else []
     locked: dict[str, LockedFile] = {}
-    if config:
-        provisioner = Provisioner(workspace, dry_run=True, offline=True, lock_file=lock_file)
-        plan = provisioner.plan(config)
-        where = provisioner.lock_path(config)
-        if lock_file or Path(where).exists():
-            lockfile.attach(plan, lockfile.read_lock(where))
-        items = plan.items
+    if plan:
         for item in items:
             for file in item.locked or ():
                 locked[str(file.dest)] = file
@@ -116,21 +122,21 @@ def survey(
             if name.endswith(".part.state"):
                 base = path.with_name(name.removesuffix(".state"))
                 if not base.exists():  # a state file beside no .part: left by a crash or a bug
-                    owner = owners.of(base.with_name(base.name.removesuffix(".part"))) if config else None
+                    owner = owners.of(base.with_name(base.name.removesuffix(".part"))) if owned else None
                     found.append(FileStatus(shown, stat.st_size, STRAY, owner, "-" if has_lock else None))
                 continue
             if name.endswith(".part"):
                 dest = path.with_name(name.removesuffix(".part"))
                 part = PartFile(dest).peek(any_file=True)
                 state = OnDisk(PARTIAL, part.done.covered()).label(part.total) if part else PARTIAL
-                owner = owners.of(dest) if config else None
+                owner = owners.of(dest) if owned else None
                 found.append(FileStatus(shown, stat.st_size, state, owner, "-" if has_lock else None))
                 continue
             record = verified.lookup(path)
             pinned = locked.pop(str(path), None)
             state = _state(path, record, pinned, stat, verify)
             lock = _lock_state(pinned, record, stat, state) if has_lock else None
-            found.append(FileStatus(shown, stat.st_size, state, owners.of(path) if config else None, lock))
+            found.append(FileStatus(shown, stat.st_size, state, owners.of(path) if owned else None, lock))
     for file in locked.values():  # locked, but not on disk
         owner = "models." + file.item.replace("/", ".")
         found.append(FileStatus(file.path, file.size or 0, MISSING, owner, "missing"))
@@ -174,12 +180,6 @@ def extension_survey(workspace: Path, declared: list[str]) -> list[ExtensionStat
             state = VERIFIED if unchanged(folder, records.files(name)) else CHANGED
         found.append(ExtensionStatus(name, state, entry.get("commit"), len(entry.get("packages", []))))
     return found
-
-
-def _declared(workspace: Path, config: str | None) -> list[str]:
-    if not config:
-        return []
-    return [e.name for e in Provisioner(workspace, dry_run=True, offline=True).plan(config).extensions]
 
 
 def _something_at(item: Item, owners: _Owners) -> bool:
@@ -242,9 +242,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     workspace = Path(args.workspace or os.environ.get("WORKSPACE") or paths.DEFAULT_WORKSPACE).absolute()
     try:
-        config = args.config or default_source()
-        files = survey(workspace, config, args.lock_file, verify=args.verify)
-        extensions = extension_survey(workspace, _declared(workspace, config))
+        plan = read_plan(workspace, args.config or default_source(), args.lock_file)
+        files = survey(workspace, plan, verify=args.verify)
+        extensions = extension_survey(workspace, [e.name for e in plan.extensions] if plan else [])
     except ConfigError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
