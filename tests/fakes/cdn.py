@@ -208,7 +208,9 @@ class FakeCDN(FakeServer):
             sent += len(chunk)
             with self.lock:
                 self.body_bytes += len(chunk)
-            if rate := fault.rate or self.rate:
+            # Pacing holds back the next bytes; a finished answer is not held (the client has it
+            # all and may already be on its next request: that is no longer a send).
+            if (rate := fault.rate or self.rate) and sent < len(body):
                 ahead = sent / rate - (time.monotonic() - began)
                 if ahead > 0:
                     time.sleep(ahead)
