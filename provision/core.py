@@ -239,7 +239,7 @@ class Provisioner:
         for e in extensions:
             source = "github" if e.github else "url"
             row = ItemResult("extensions", e.name, source, str(folder_of(e, self.workspace)), PLANNED)
-            row.on_disk = "in place" if records.in_place(e, self.workspace) else "missing"
+            row.on_disk = "in place" if records.in_place(e) else "missing"
             rows.append(row)
         return rows
 

@@ -137,10 +137,10 @@ class Records:
     def files(self, name: str) -> dict[str, str]:
         return self.data.get(name, {}).get("files", {})
 
-    def in_place(self, extension: Extension, workspace: Path) -> LockedExtension | None:
+    def in_place(self, extension: Extension) -> LockedExtension | None:
         """What is installed, if it is what the config (and the lock, if any) asks for."""
         entry = self.data.get(extension.name)
-        folder = folder_of(extension, workspace)
+        folder = folder_of(extension, self.workspace)
         if not entry or entry.get("request") != extension.asked or not folder.is_dir():
             return None
         installed = self.pinned(extension.name)
@@ -371,7 +371,7 @@ def install_all(
         result.verified = "commit, files" if extension.github else "sha256, files"
         results[extension.name] = result
         try:
-            have = None if update else records.in_place(extension, workspace)
+            have = None if update else records.in_place(extension)
             if have is not None:
                 result.status, result.verified = SKIPPED, "records"
                 pinned[extension.name] = have
