@@ -24,18 +24,31 @@ class UnsafeRedirect(requests.RequestException):
 class _Session(requests.Session):
     """trust_env is off (no ~/.netrc credentials ever), so the settings people expect from
     the environment are read here instead: HTTPS_PROXY / HTTP_PROXY / NO_PROXY per URL (also
-    after a redirect to another host), and REQUESTS_CA_BUNDLE or SSL_CERT_FILE."""
+    after a redirect to another host), and REQUESTS_CA_BUNDLE or SSL_CERT_FILE. The proxies are
+    read once per scheme and host for the session's life: scanning the environment took a third
+    of a small file's request (a run of 200 files of 1.7 MiB: 0.1 s of CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environ_proxies: dict[tuple[str, str], dict[str, str]] = {}
+
+    def environ_proxies(self, url: str) -> dict[str, str]:
+        """HTTPS_PROXY / HTTP_PROXY / NO_PROXY as they apply to this URL's scheme and host."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        proxies = self._environ_proxies.get(key)
+        if proxies is None:
+            proxies = self._environ_proxies[key] = requests.utils.get_environ_proxies(url)
+        return proxies
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
-        proxies = {**requests.utils.get_environ_proxies(url), **(proxies or {})}
+        proxies = {**self.environ_proxies(url), **(proxies or {})}
         if verify is True or verify is None:
             verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or verify
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
     def rebuild_proxies(self, prepared_request, proxies):
-        return super().rebuild_proxies(
-            prepared_request, requests.utils.get_environ_proxies(prepared_request.url)
-        )
+        return super().rebuild_proxies(prepared_request, self.environ_proxies(prepared_request.url))
 
     def get_redirect_target(self, resp):
         target = super().get_redirect_target(resp)

@@ -44,6 +44,7 @@ class PartFile:
         self.path = part_path(dest)
         self.state_path = self.path.with_name(self.path.name + ".state")
         self._last_save = 0.0
+        self.saved = False  # a state file of this download is on disk (saved or loaded)
         self.discarded_because: str | None = None  # why load() threw a partial file away
         self._save_lock = threading.Lock()
 
@@ -66,7 +67,12 @@ class PartFile:
                 raise ValueError("the partial file has the wrong length")
             if any(a < 0 or b > state.total for a, b in state.done.spans):
                 raise ValueError("its ranges reach outside the file")  # each would become a wrong request
+            self.saved = True
             return state
+        except FileNotFoundError:  # killed before its first save (SAVE_INTERVAL)
+            self.discarded_because = "no state was saved beside it"
+            self.discard()
+            return PartState()
         except _UNREADABLE as err:
             self.discarded_because = str(err) if type(err) is ValueError else "its state is unreadable"
             self.discard()
@@ -87,11 +93,14 @@ class PartFile:
         for path in (self.path, self.state_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self.saved = False
 
     def create(self, total: int | None) -> None:
+        """A new, empty `.part`; the caller saves its first state now or SAVE_INTERVAL later."""
         with open(self.path, "wb") as file:
             if total:
                 file.truncate(total)  # sparse: pieces land at their offsets
+        self._last_save = time.monotonic()
 
     def due(self) -> bool:
         """Whether a periodic save is due (callers then snapshot their state and `save` it)."""
@@ -108,6 +117,7 @@ class PartFile:
         with self._save_lock:
             self._last_save = time.monotonic()
             write_atomically(self.state_path, json.dumps(data))  # a full disk keeps the last one
+            self.saved = True
 
     def commit(self) -> None:
         """The verified part becomes the file: fsync, atomic rename, fsync of the folder."""
@@ -115,8 +125,10 @@ class PartFile:
             os.fsync(file.fileno())
         os.replace(self.path, self.dest)
         fsync_dir(self.dest.parent)
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
+        if self.saved:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
+            self.saved = False
 
 
 def write_at(fd: int, data: memoryview, offset: int) -> None:

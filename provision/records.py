@@ -3,6 +3,11 @@
 One JSON file under `<workspace>/.provision/` (outside the models folder, so SD.Next never
 sees it) maps each destination to its size, mtime, checksum and identity. A file whose size or
 mtime changed since it was recorded is hashed again.
+
+The files are rewritten whole, at most every SAVE_INTERVAL while a run stores records and once
+more by `flush` at its end (rewriting them per file made 200 small files cost as much as 40,000
+records). A run killed outright loses the records of its last moments: the next run hashes those
+files once more (or asks their source again), as for a file without a record.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +24,8 @@ from . import paths
 from .download import Checksum, Download
 
 log = logging.getLogger("provision")
+
+SAVE_INTERVAL = 0.5  # seconds between two writes of a records file while a run stores records
 
 
 @dataclass
@@ -44,7 +52,36 @@ class Record:
         return self.identity == download.identity
 
 
-class VerifiedRecords:
+class _Saved:
+    """A JSON file rewritten at most every SAVE_INTERVAL, and at `flush` (subclasses keep
+    their content and self.lock)."""
+
+    path: Path | None
+    lock: threading.Lock
+    _dirty = False
+    _last_save = 0.0
+
+    def _content(self) -> dict: ...
+
+    def _changed(self) -> None:
+        """Called under self.lock after a change: written now, or by a later call or flush."""
+        self._dirty = True
+        if time.monotonic() - self._last_save >= SAVE_INTERVAL:
+            self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            _write_json(self.path, self._content())
+        self._dirty, self._last_save = False, time.monotonic()
+
+    def flush(self) -> None:
+        """Write what changed since the last write (the end of a run, or of a stage)."""
+        with self.lock:
+            if self._dirty:
+                self._write()
+
+
+class VerifiedRecords(_Saved):
     def __init__(self, path: Path | None):
         self.path = path
         self.lock = threading.Lock()
@@ -67,20 +104,20 @@ class VerifiedRecords:
             if record is None:
                 return
             self.records[str(new)] = record
-            if self.path is not None:
-                _write_json(self.path, {k: asdict(v) for k, v in self.records.items()})
+            self._changed()
 
     def store(self, dest: Path, identity: str, checksum: Checksum) -> None:
         stat = dest.stat()
         record = Record(stat.st_size, stat.st_mtime_ns, checksum.algorithm, checksum.value, identity)
         with self.lock:
             self.records[str(dest)] = record
-            if self.path is None:
-                return
-            _write_json(self.path, {k: asdict(v) for k, v in self.records.items()})
+            self._changed()
+
+    def _content(self) -> dict:
+        return {k: asdict(v) for k, v in self.records.items()}
 
 
-class ItemRecords:
+class ItemRecords(_Saved):
     """Which files each config item left in place, keyed by `Item.identity`: an item whose
     files all still match their verified record (size and mtime) is done without a request,
     so a restart with the network down finds everything in place."""
@@ -114,7 +151,10 @@ class ItemRecords:
     def store(self, identity: str, files: list[Path]) -> None:
         with self.lock:
             self.items[identity] = [str(f) for f in files]
-            _write_json(self.path, self.items)
+            self._changed()
+
+    def _content(self) -> dict:
+        return self.items
 
 
 def workspace_records(workspace: Path) -> tuple[VerifiedRecords, ItemRecords]:

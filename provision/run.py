@@ -318,6 +318,8 @@ def _fetch_all(
         stop.partial_files = sorted(partial)  # type: ignore[attr-defined]  # for the one line the CLI prints
         raise
     finally:
+        verified.flush()  # the records of the files verified since the last write
+        done_before.flush()
         progress.close()
         engine.close()
         if mirrored is not None:

@@ -228,7 +228,6 @@ class Transfer:
         resumed = self.done.covered()
         if resumed:
             log.info(f"{self.download.dest.name}: resuming, {_mib(resumed)} already on disk")
-        self.hasher.start()
         try:
             self.engine.with_retries(self.download.dest.name, self._first_request, url=self.download.url)
             if self.total is not None and self.segmented:
@@ -379,7 +378,13 @@ class Transfer:
         self.partfile.create(total)
         with self.lock:
             self.total, self.validator, self.done = total, validator, Ranges()
-        self._save_state(force=True)
+        # A file of several pieces has its state beside it at once: a disk that fills up later
+        # leaves no room for a first one. One of a single request is saved SAVE_INTERVAL later, if
+        # it is still coming: most arrive sooner and never have one (a state written and removed
+        # per file was a quarter of the syscalls of a run of 200 small files); a run killed before
+        # then starts such a file over.
+        if total is not None and total >= PIECE:
+            self._save_state(force=True)
 
     def _piece_size(self, total: int | None) -> int:
         """Pieces are taken front to back: the contiguous prefix the hasher follows grows all
@@ -663,7 +668,8 @@ class Transfer:
     def _finish(self) -> None:
         if self.stop.is_set():  # stopped mid-way (Ctrl-C, SIGTERM): what is on disk is not all
             raise FetchError("cancelled")
-        self._save_state(force=True)
+        if self.partfile.saved:  # all bytes on disk: a run killed while hashing only verifies
+            self._save_state(force=True)
         total = self.total if self.total is not None else self.done.covered()
         have = self.done.covered()
         if have != total:

@@ -318,6 +318,39 @@ def test_a_signal_stops_every_transfer_at_once_and_the_next_run_resumes(
     assert big["bytes"] == SIZE - kept  # only the missing bytes
 
 
+def test_files_done_just_before_a_signal_are_recorded_and_never_asked_for_again(
+    cdn, write_config, workspace, models
+):
+    # The records are written at most twice a second while files finish: the ones done in the
+    # last moments before a stop are written on the way out, or the next run would ask again.
+    small = {f"s{i}": blob(300_000, seed=80 + i) for i in range(6)}
+    for name, data in small.items():
+        cdn.add(f"/{name}.safetensors", data)
+    cdn.add("/big.safetensors", DATA)
+    held = threading.Event()
+    cdn.fault("/big.safetensors", *[Fault(stall_at=0, hold=held)] * 64)  # never ends
+    lines = "".join(f'{n} = "{cdn.url}/{n}.safetensors"\n' for n in ["big", *small])
+    config = write_config(f"[models.checkpoints]\n{lines}")
+    folder = models / "Stable-diffusion"
+    process = start_provision(config, workspace)
+    deadline = time.monotonic() + 60
+    while not all((folder / f"{n}.safetensors").exists() for n in small) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # at once: within the records' half second
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err
+
+    cdn.faults.clear()
+    held.set()
+    cdn.requests.clear()
+    again = start_provision(config, workspace)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    statuses = {r["name"]: r["status"] for r in json.loads(out)["items"]}
+    assert statuses == {"big": "ok", **dict.fromkeys(small, "skipped")}
+    assert [r.path for r in cdn.seen() if not r.path.startswith("/big")] == []
+
+
 def test_a_restart_with_every_server_down_finds_everything_in_place(
     cli, write_config, cdn, hub, civitai, workspace, models, monkeypatch
 ):

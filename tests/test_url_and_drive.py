@@ -267,10 +267,10 @@ def own_filesystem(folder: Path, options: str):
 
 @pytest.fixture
 def small_disk(models):
-    """The models' ESRGAN folder on a 100 MiB disk of its own."""
+    """The models' ESRGAN folder on a 160 MiB disk of its own (a 40 MiB file and 64 MiB to spare fit)."""
     folder = models / "ESRGAN"
     folder.mkdir(parents=True)
-    with own_filesystem(folder, "size=100m") as disk:
+    with own_filesystem(folder, "size=160m") as disk:
         yield disk
 
 
@@ -288,7 +288,7 @@ def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
     small_disk, write_config, cdn, workspace
 ):
     inside, folder = small_disk
-    data = blob(24 * 1024 * 1024 + 4321, seed=21)
+    data = blob(40 * 1024 * 1024 + 4321, seed=21)  # several pieces: a state from the start
     cdn.add("/big.pth", data)
     cdn.gate = threading.Event()  # headers go out, bodies wait: the download has passed its space check
     config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
