@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import shutil
 import threading
@@ -54,8 +55,9 @@ log = logging.getLogger("provision")
 
 MiB = 1024 * 1024
 DISK_MARGIN = 64 * MiB
-READ_SIZE = 1024 * 1024  # bytes read from a socket at a time, at most
-BUFFERS = 16 * MiB  # the read buffers of all connections at the ceiling (Engine.buffer)
+READ_SIZE = 1024 * 1024  # bytes read from a socket at a time, at most ...
+MIN_READ_SIZE = 256 * 1024  # ... and at least
+BUFFERS = 16 * MiB  # the read buffers of the connections the run may open now (Engine.buffer)
 NO_RETRY = {401: "unauthorised", 403: "forbidden", 404: "not found", 410: "gone"}
 
 
@@ -100,10 +102,6 @@ class Engine:
     ):
         self.records = records
         self.slots = ConnectionSlots(connections)
-        # A megabyte a read up to a ceiling of 16 connections (fewer reads: less CPU on a fast
-        # link), less above it: allocated once and reused, buffers that change size fragment
-        # the heap (peak RSS 72 MiB against 59 at the bench's 64 connections).
-        self.read_size = max(256 * 1024, min(READ_SIZE, BUFFERS // max(1, connections)))
         self.per_file = max(1, min(per_file, connections))
         self._priorities = itertools.count()  # slot order: files in the order they started ...
         self._small_first = itertools.count(-(2**62))  # ... after every file smaller than a piece
@@ -119,7 +117,8 @@ class Engine:
         self._active: set[Transfer] = set()
         self._sessions: list[requests.Session] = []
         self._idle_sessions: list[requests.Session] = []  # of threads that ended
-        self._idle_buffers: list[bytearray] = []
+        self._idle_buffers: list[mmap.mmap] = []  # all of the size read_size() gave last
+        self._buffer_bytes = 0  # of every buffer, idle or in use
         self._no_range: set[str] = set()  # hosts that answered a Range request with the whole file
         self.cancelled = threading.Event()
 
@@ -276,15 +275,44 @@ class Engine:
             self._local.session = session
         return session
 
-    def buffer(self) -> bytearray:
+    def read_size(self) -> int:
+        """Bytes a connection reads at a time: a megabyte while the hosts in use may open 16
+        connections in all, half that up to 32, a quarter above (the buffers then take BUFFERS
+        in all). On a fast link every read costs CPU (a 4 GiB set uncapped: 9.8 s of CPU in
+        reads of 256 KiB, 8.1 in reads of a megabyte), and such a link stays at 16 connections;
+        a link that rewards more connections gives each less to read at a time."""
+        size, allowed = READ_SIZE, self.slots.allowed()
+        while size > MIN_READ_SIZE and size * allowed > BUFFERS:
+            size //= 2
+        return size
+
+    def buffer(self) -> mmap.mmap:
         """This thread's read buffer, reused for every body it reads while it holds a
-        connection: no fresh bytes per read, and memory that stays flat (the connections'
-        buffers take BUFFERS in all at the ceiling)."""
+        connection: no fresh bytes per read, and memory that stays flat. When the connections
+        change in number, each thread gets one of the new size at its next body; until the old
+        ones are given back the new ones are smaller if need be (all of them within BUFFERS, or
+        of the smallest size). Buffers are maps of their own: one no longer wanted
+        goes back to the system at once (freed into the heap, buffers of changing sizes
+        fragmented it: peak RSS 72 MiB against 59)."""
+        size = self.read_size()
         buffer = getattr(self._local, "buffer", None)
-        if buffer is None:
-            with self._active_lock:
-                buffer = self._idle_buffers.pop() if self._idle_buffers else bytearray(self.read_size)
-            self._local.buffer = buffer
+        if buffer is not None and len(buffer) == size:
+            return buffer
+        with self._active_lock:
+            retired = [b for b in (buffer, *self._idle_buffers) if b is not None and len(b) != size]
+            self._idle_buffers = [b for b in self._idle_buffers if len(b) == size]
+            self._buffer_bytes -= sum(len(b) for b in retired)
+            if self._idle_buffers:
+                buffer = self._idle_buffers.pop()
+            else:
+                while size > MIN_READ_SIZE and self._buffer_bytes + size > BUFFERS:
+                    size //= 2
+                buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+                self._buffer_bytes += size
+        for old in retired:
+            with contextlib.suppress(BufferError):  # a view of it still alive: freed with it
+                old.close()
+        self._local.buffer = buffer
         return buffer
 
     def hand_back(self) -> None:
@@ -303,7 +331,7 @@ class Engine:
         """Close every thread's session (their pooled connections)."""
         with self._active_lock:
             sessions, self._sessions = self._sessions, []
-            self._idle_sessions, self._idle_buffers = [], []
+            self._idle_sessions, self._idle_buffers, self._buffer_bytes = [], [], 0
         for session in sessions:
             session.close()
 

@@ -203,3 +203,12 @@ class ConnectionSlots:
     def limit(self, host: str) -> int:
         with self.condition:
             return self._host(host).limit
+
+    def allowed(self) -> int:
+        """The most connections the run may have open now: the limits of the hosts with a
+        connection open, together, within the ceiling (at least one host's START), or as many
+        as are open (a lowered limit takes effect as connections are given back)."""
+        with self.condition:
+            limits = sum(link.limit for link in self.hosts.values() if link.in_use)
+            in_use = self.ceiling - self.free
+        return max(in_use, min(self.ceiling, max(limits, START)))

@@ -842,3 +842,55 @@ def test_small_files_do_not_wait_for_the_big_files_turns(cdn, tmp_path):
         assert [r.status for r in run.result(60).results] == ["ok"] * 7
     for name, data in {"big.bin": big, **smalls}.items():
         assert sha256((folder / name).read_bytes()) == sha256(data)
+
+
+def test_read_buffers_are_large_on_few_connections_and_stay_within_their_budget_as_they_grow(tmp_path):
+    # A fast link stays at 16 connections: a megabyte a read (less CPU per byte). A link that
+    # rewards more gets them with smaller reads; the buffers of the connections together stay
+    # within BUFFERS, also while the old ones are still in use (peak RSS under 64 MiB).
+    from provision import engine as engine_module
+
+    running = Engine(VerifiedRecords(None), connections=64)
+    sizes: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def holders(count: int, next_body: threading.Event | None = None):
+        """`count` threads that take a connection and a buffer each, then hold both."""
+        taken, release = threading.Barrier(count + 1), threading.Event()
+
+        def hold() -> None:
+            running.slots.acquire(0, host="cdn")
+            with lock:
+                sizes[threading.get_ident()] = len(running.buffer())
+            taken.wait()
+            if next_body is not None:  # the next body read on the same connection
+                next_body.wait()
+                with lock:
+                    sizes[threading.get_ident()] = len(running.buffer())
+                taken.wait()
+            release.wait()
+
+        threads = [threading.Thread(target=hold) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        taken.wait(30)
+        return threads, taken, release
+
+    def buffered() -> int:
+        with lock:
+            return sum(sizes.values())
+
+    first_body = threading.Event()
+    first, first_taken, first_release = holders(16, first_body)
+    assert sorted(set(sizes.values())) == [engine_module.READ_SIZE]  # 16 connections: a megabyte
+    running.slots.hosts["cdn"].limit = 32  # the link rewarded more
+    second, _, second_release = holders(16)
+    assert buffered() <= engine_module.BUFFERS + 16 * engine_module.MIN_READ_SIZE
+    first_body.set()  # the first 16 go on to their next bodies: smaller reads now
+    first_taken.wait(30)
+    assert max(sizes.values()) <= engine_module.READ_SIZE // 2
+    assert buffered() <= engine_module.BUFFERS
+    for release in (first_release, second_release):
+        release.set()
+    for thread in first + second:
+        thread.join(30)
