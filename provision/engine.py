@@ -105,6 +105,7 @@ class Engine:
         self.per_file = max(1, min(per_file, connections))
         self._priorities = itertools.count()  # slot order: files in the order they started ...
         self._small_first = itertools.count(-(2**62))  # ... after every file smaller than a piece
+        self._turns: dict[Path, int] = {}  # the run's order of its bigger files (take_turns)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.verify = verify
@@ -207,13 +208,25 @@ class Engine:
             with self._space_lock:
                 self._reserved[device] -= need
 
+    def take_turns(self, downloads: list[Download]) -> None:
+        """The order the run starts its files in (biggest first) is their order in the queue
+        for connections, fixed now: the threads that start them raced each other (the 1 GiB
+        file of the bench took the connections before the 2 GiB one, which then came in last
+        with 1.7 GiB still to hash: a second of one core idle at the end)."""
+        for download in downloads:
+            if not self.small(download):
+                self._turns[download.dest] = next(self._priorities)
+
     def priority(self, download: Download) -> int:
-        """A new transfer's place in the queue for connections (lower goes first). A file
-        smaller than one piece needs one connection for moments: it goes before every bigger
-        one, whose workers hand their connection over between pieces (Transfer._piece_worker),
-        so it never waits for a big file to end (two 1.7 MiB files took 12 s each behind a
-        2 GiB and a 1 GiB one)."""
-        return next(self._small_first if self.small(download) else self._priorities)
+        """A new transfer's place in the queue for connections (lower goes first): its turn
+        (take_turns), else after the files started so far. A file smaller than one piece needs
+        one connection for moments: it goes before every bigger one, whose workers hand their
+        connection over between pieces (Transfer._piece_worker), so it never waits for a big
+        file to end (two 1.7 MiB files took 12 s each behind a 2 GiB and a 1 GiB one)."""
+        if self.small(download):
+            return next(self._small_first)
+        turn = self._turns.get(download.dest)
+        return turn if turn is not None else next(self._priorities)
 
     def small(self, download: Download) -> bool:
         """A file smaller than one piece: one request, one connection (run.py gives these a
@@ -275,13 +288,13 @@ class Engine:
             self._local.session = session
         return session
 
-    def read_size(self) -> int:
+    def read_size(self, allowed: int | None = None) -> int:
         """Bytes a connection reads at a time: a megabyte while the hosts in use may open 16
         connections in all, half that up to 32, a quarter above (the buffers then take BUFFERS
-        in all). On a fast link every read costs CPU (a 4 GiB set uncapped: 9.8 s of CPU in
-        reads of 256 KiB, 8.1 in reads of a megabyte), and such a link stays at 16 connections;
+        in all). On a fast link every read costs CPU (the bench's 4 GiB set uncapped: 9.4 s of
+        CPU in reads of 256 KiB, 8.7 in reads of a megabyte), and such a link stays at 16;
         a link that rewards more connections gives each less to read at a time."""
-        size, allowed = READ_SIZE, self.slots.allowed()
+        size, allowed = READ_SIZE, allowed or self.slots.allowed()
         while size > MIN_READ_SIZE and size * allowed > BUFFERS:
             size //= 2
         return size
@@ -290,8 +303,8 @@ class Engine:
         """This thread's read buffer, reused for every body it reads while it holds a
         connection: no fresh bytes per read, and memory that stays flat. When the connections
         change in number, each thread gets one of the new size at its next body; until the old
-        ones are given back the new ones are smaller if need be (all of them within BUFFERS, or
-        of the smallest size). Buffers are maps of their own: one no longer wanted
+        ones are given back (at their next read: Transfer._write_body) the new ones are smaller
+        if need be, down to MIN_READ_SIZE. Buffers are maps of their own: one no longer wanted
         goes back to the system at once (freed into the heap, buffers of changing sizes
         fragmented it: peak RSS 72 MiB against 59)."""
         size = self.read_size()

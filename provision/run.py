@@ -239,6 +239,7 @@ def _fetch_all(
             entry.staged = staging.stage(entry.item, entry.downloads, settings.workspace)
     # Biggest first: the longest transfers start at full speed and nothing big is left for last.
     jobs.sort(key=lambda job: -(job[1].expected_size or 0))
+    engine.take_turns([download for _, download in jobs])
     expected = sum(d.expected_size or 0 for _, d in jobs)
     labels = {id(d): _shown(entry.final(d), settings.workspace) for entry, d in jobs}
     progress = ProgressFile(make_progress(settings.progress, expected, labels), settings.workspace, work)

@@ -179,8 +179,9 @@ class ConnectionSlots:
             self._host(host).in_use -= 1
             self._wake_next()
 
-    def received(self, host: str, n: int) -> None:
-        """Bytes came in from `host`: its rate, and whether it should get more connections."""
+    def received(self, host: str, n: int) -> int:
+        """Bytes came in from `host`: its rate, and whether it should get more connections.
+        Returns how many the run may have open now (`allowed`)."""
         with self.condition:
             link = self._host(host)
             before = link.limit
@@ -189,6 +190,7 @@ class ConnectionSlots:
                 log.debug(f"{host}: {before} -> {link.limit} connections")
             if link.limit > before:
                 self._wake_next()
+            return self._allowed()
 
     def pushed_back(self, host: str) -> None:
         """The host refused a request (429, 503, a connection refused): fewer connections."""
@@ -209,6 +211,8 @@ class ConnectionSlots:
         connection open, together, within the ceiling (at least one host's START), or as many
         as are open (a lowered limit takes effect as connections are given back)."""
         with self.condition:
-            limits = sum(link.limit for link in self.hosts.values() if link.in_use)
-            in_use = self.ceiling - self.free
-        return max(in_use, min(self.ceiling, max(limits, START)))
+            return self._allowed()
+
+    def _allowed(self) -> int:
+        limits = sum(link.limit for link in self.hosts.values() if link.in_use)
+        return max(self.ceiling - self.free, min(self.ceiling, max(limits, START)))

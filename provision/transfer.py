@@ -431,9 +431,12 @@ class Transfer:
                     self.done.add(offset - n, offset)
                     self.transferred += n
                 self.progress.advance(self.download, n)
-                self.engine.slots.received(self.host, n)
+                allowed = self.engine.slots.received(self.host, n)
                 self.hasher.wrote(offset - n, view[:n])
                 self._save_state()
+                if len(view) > self.engine.read_size(allowed):  # more connections: a smaller one
+                    view.release()
+                    view = memoryview(self.engine.buffer())
             limit = self._limit(end, piece)
             if limit is not None and offset < limit and not self.stop.is_set():
                 raise requests.exceptions.ChunkedEncodingError(

@@ -894,3 +894,24 @@ def test_read_buffers_are_large_on_few_connections_and_stay_within_their_budget_
         release.set()
     for thread in first + second:
         thread.join(30)
+
+
+def test_the_runs_order_not_the_thread_that_starts_first_decides_the_turn_for_connections(tmp_path):
+    # run.py starts the biggest files first, five threads at once: whichever thread reached its
+    # first request first used to go first (the 1 GiB file before the 2 GiB one, which then came
+    # in last with most of it still to hash). Files smaller than a piece still go before both.
+    running = Engine(VerifiedRecords(None))
+    piece = transfer.PIECE
+
+    def file(name: str, size: int) -> Download:
+        return Download(f"http://127.0.0.1:9/{name}", tmp_path / name, size=size, identity=name)
+
+    biggest, bigger, small = (
+        file("biggest", 64 * piece),
+        file("bigger", 32 * piece),
+        file("small", piece // 2),
+    )
+    running.take_turns([biggest, bigger, small])
+    turns = {"bigger": running.priority(bigger), "small": running.priority(small)}
+    turns["biggest"] = running.priority(biggest)  # its thread got there last
+    assert sorted(turns, key=turns.get) == ["small", "biggest", "bigger"]
