@@ -3,6 +3,7 @@
     python bench/run.py [--rate-mib 16] [--connections N] [--scale 1.0] [--skip-8g] [--data DIR]
                         [--server python|nginx] [--tls] [--slow-edge] [--only-engines] [--repeat N]
                         [--limit-conn N] [--no-range] [--small-files N [--no-big]] [--baseline DIR]
+                        [--latency-ms N]
 
 The set: one 2 GiB checkpoint, one 1 GiB text encoder, one 320 MiB VAE and four 150 MiB LoRAs,
 served by bench/server.py with Range support and a per-connection rate cap (as a CDN has).
@@ -25,9 +26,11 @@ Each row: wall seconds, throughput, CPU seconds (user+sys of the process tree), 
 the cap off (the regime of a fast link). Regimes: `--limit-conn N` lets a client have N requests at once
 (nginx `limit_conn`, 503 beyond), `--no-range` ignores Range (nginx `max_ranges 0`; every
 answer is the whole file, as olah's), `--small-files N` adds N files of 1.7 MiB to the set
-(`--no-big`: only those). Every tool but curl runs once per round, `--repeat N` rounds taken in
-turn (a noisy moment hits every tool alike), the median row of each shown; before each run the
-disk is synced, so none pays for the last one's writes.
+(`--no-big`: only those), `--latency-ms N` makes every answer wait N ms before its first byte
+(python server: a server that far away, where many small files cost round trips). Every
+tool but curl runs once per round, `--repeat N` rounds taken in turn (a noisy moment hits every
+tool alike), the median row of each shown; before each run the disk is synced, so none pays
+for the last one's writes.
 `--server nginx --tls` serves HTTPS, as the Hub,
 CivitAI and every CDN do: each tool then pays for decryption, and Python reads a TLS record
 (at most 16 KiB) per call where plain HTTP fills a megabyte. Not part of the test run; needs
@@ -162,6 +165,7 @@ def start_server(
     slow_every: int,
     limit_conn: int = 0,
     no_range: bool = False,
+    latency_ms: float = 0,
 ):
     """The file server and a function giving (body bytes sent, requests served) so far: bench/
     server.py (Python, also speaks the Hub's resolve protocol) or nginx (sendfile; the server
@@ -177,6 +181,7 @@ def start_server(
                 str(rate_mib * MiB),
                 str(slow_every),
                 "1" if no_range else "0",
+                str(latency_ms),
             ]
         )
 
@@ -291,6 +296,9 @@ def main() -> None:
     parser.add_argument("--small-files", type=int, default=0, help="add this many 1.7 MiB files")
     parser.add_argument("--no-big", action="store_true", help="only the small files (with --small-files)")
     parser.add_argument(
+        "--latency-ms", type=float, default=0, help="python server: each answer waits this long first"
+    )
+    parser.add_argument(
         "--baseline", type=Path, help="also measure the provision of this checkout (e.g. main's), same rounds"
     )
     parser.add_argument("--scale", type=float, default=1.0, help="scale file sizes (0.1 for a quick try)")
@@ -320,6 +328,8 @@ def main() -> None:
         parser.error("--limit-conn needs --server nginx")
     if args.no_big and not args.small_files:
         parser.error("--no-big needs --small-files N")
+    if args.latency_ms and args.server != "python":
+        parser.error("--latency-ms needs --server python")
 
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
@@ -346,8 +356,9 @@ def main() -> None:
     ours_env = {"PYTHONPATH": str(REPO), **trust}
     slow_every = 16 if args.slow_edge else 0
     server, stats = start_server(
-        args.server, data, args.port, args.rate_mib, work, tls, slow_every, args.limit_conn, args.no_range
-    )
+        args.server, data, args.port, args.rate_mib, work, tls, slow_every, args.limit_conn, args.no_range,
+        args.latency_ms,
+    )  # fmt: skip
     rows: list[Row] = []
     try:
         time.sleep(1.0)
@@ -451,6 +462,7 @@ def main() -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     cap += f", limit_conn {args.limit_conn}" if args.limit_conn else ""
     cap += ", Range ignored" if args.no_range else ""
+    cap += f", {args.latency_ms:g} ms before each answer" if args.latency_ms else ""
     print(
         f"\n{len(names)} files, {total / MiB:.0f} MiB, {cap}, connections {args.connections or 'default'},"
         f" {os.cpu_count()} cores, load average {load}\n"

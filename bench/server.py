@@ -1,7 +1,7 @@
 """Benchmark server: files from a folder with Range support and a per-connection rate cap (as a
 CDN has), plus the Hugging Face resolve protocol in front of them for hf_hub_download.
 
-    python bench/server.py DIR PORT RATE_BYTES_PER_SECOND [SLOW_EVERY [NO_RANGE]]
+    python bench/server.py DIR PORT RATE_BYTES_PER_SECOND [SLOW_EVERY [NO_RANGE [LATENCY_MS]]]
 
 Serves on 127.0.0.1 only. GET /files/<name> (Range, ETag), HEAD/GET
 /bench/models/resolve/main/<name> (302 to /files/<name> with X-Repo-Commit, X-Linked-Etag =
@@ -9,6 +9,7 @@ sha256, X-Linked-Size; the sha256 comes from <name>.sha256 beside the file).
 GET /stats answers the body bytes sent and the requests served so far. RATE 0: no cap.
 SLOW_EVERY N: every Nth connection accepted runs at a tenth of the cap (a slow CDN edge).
 NO_RANGE 1: Range is ignored, every answer is the whole file (as olah's, offline).
+LATENCY_MS: every answer waits this long before its first byte (a server that far away).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROOT = Path(sys.argv[1])
 RATE = float(sys.argv[3])
 SLOW_EVERY = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 NO_RANGE = len(sys.argv) > 5 and sys.argv[5] == "1"
+LATENCY = float(sys.argv[6]) / 1000 if len(sys.argv) > 6 else 0.0
 COMMIT = "b" * 40
 STEP = 256 * 1024
 sent_lock = threading.Lock()
@@ -57,6 +59,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         with sent_lock:
             requests_total[0] += 1
+        time.sleep(LATENCY)
         match = re.match(r"^/bench/models/resolve/[^/]+/(.+)$", self.path)
         if match:
             self._resolve(match[1])
