@@ -392,7 +392,13 @@ def test_provisioned_models_generate_images_in_the_real_sdnext(
     process = start_sdnext(sdnext_venv, env, port, output)
     try:
         wait_until_answering(process, port, seen, output)
-        response = requests.get(f"http://127.0.0.1:{port}/tiny-extension/hello", timeout=60)
+        # The API answers a moment before SD.Next runs the extensions' app-started callbacks
+        # (one adds the route): a 404 until then (seen once, under load).
+        hello, deadline = f"http://127.0.0.1:{port}/tiny-extension/hello", time.monotonic() + 60
+        while (
+            response := requests.get(hello, timeout=60)
+        ).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert response.status_code == 200, output.read_text(errors="replace")[-4000:]
         answer = response.json()
         assert answer["camel"] == "TinyExtension"
