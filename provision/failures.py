@@ -185,6 +185,15 @@ class HostBreaker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._down: dict[str, str] = {}
+        self._suspected: set[str] = set()
+
+    def suspect(self, host: str) -> bool:
+        """A request found `host` unreachable and will try once more: whether this is the first
+        to say so (the requests under way at that moment would each say it again)."""
+        with self._lock:
+            first = host not in self._suspected
+            self._suspected.add(host)
+            return first
 
     def trip(self, host: str, message: str) -> None:
         with self._lock:

@@ -83,7 +83,10 @@ def retrying(
             if stop is not None and stop.is_set():
                 return
             delay = policy.delay(attempt, failure.retry_after)
-            log.info(f"{what}: {redact(failure.reason)}; retry {attempt} in {delay:.1f}s")
+            # An unreachable host is said once: the requests under way would each say it again.
+            said = breaker and failure.host_down and not breaker.suspect(failure.host)  # type: ignore[arg-type]
+            line = f"{what}: {redact(failure.reason)}; retry {attempt} in {delay:.1f}s"
+            (log.debug if said else log.info)(line)
             if stop is not None:
                 if stop.wait(delay):
                     return
