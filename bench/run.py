@@ -15,6 +15,9 @@ In the same run it measures:
   and with provision's connection budget both ways (-j 2 -x N/2 -s N/2 and -j 1 -x N -s N),
   and with small files in the set its answer to many files (-j 16);
 - with --baseline DIR, the provision of another checkout (main's, say) at its defaults;
+- with small files in the set, provision with a lock made of the set (`--locked`: one GET per
+  file, no metadata request, as every run after `provision lock` and in the image), and
+  bench/floor.py, the least a Python client that hashes every byte does (no bookkeeping);
 - huggingface_hub's hf_hub_download, eight files at once as `hf download` does, against the
   same server speaking the Hub's resolve protocol (python server);
 - curl, one file after another, one stream each (what the earlier images did), once;
@@ -371,6 +374,8 @@ def main() -> None:
             return folder
 
         config = provision_config(base, names, work / "models.toml")
+        (work / "locked").mkdir()
+        locked = provision_config(base, names, work / "locked" / "models.toml")  # its lock goes beside it
         (work / "aria2.txt").write_text("".join(f"{base}/files/{n}\n  out={n}\n" for n in names))
         hf_applies = not args.only_engines and args.server == "python"  # nginx: no Hub protocol
         baseline_env = {**ours_env, "PYTHONPATH": str(args.baseline)} if args.baseline else None
@@ -387,7 +392,29 @@ def main() -> None:
                 rerun.note = f"model bytes sent: {stats()[0] - before}"
                 rerun.size = 0
                 rows.append(rerun)
+                if args.small_files:  # the lock of this set, its hashes taken from the files in place
+                    lock = [
+                        sys.executable,
+                        "-m",
+                        "provision",
+                        "lock",
+                        str(locked),
+                        "--workspace",
+                        str(ws),
+                        "-q",
+                    ]
+                    subprocess.run(
+                        lock, env={**os.environ, **ours_env}, check=True, stdout=subprocess.DEVNULL
+                    )
             shutil.rmtree(ws)
+            if args.small_files:  # a run with the lock: no metadata request, one GET per file
+                ws = fresh("provision")
+                locked_cmd = [*provision_command(locked, ws, None), "--locked"]
+                rows.append(
+                    measure("provision (locked)", locked_cmd, total, stats, env=ours_env, note="--locked")
+                )
+                check(ws, data, names)
+                shutil.rmtree(ws)
             if baseline_env is not None:
                 ws = fresh("baseline")
                 cmd = provision_command(config, ws, None)
@@ -417,6 +444,13 @@ def main() -> None:
                     check(out, data, names)
                 shutil.rmtree(out)
 
+            if args.small_files:  # the floor: no bookkeeping at all, as many files at once as aria2c -j 16
+                out = fresh("floor")
+                floor = [sys.executable, str(REPO / "bench" / "floor.py"), str(out), base, "16", *names]
+                rows.append(measure("python floor", floor, total, stats, env=trust, note="-j 16", peer=True))
+                if not rows[-1].failed:
+                    check(out, data, names)
+                shutil.rmtree(out)
             if hf_applies:
                 out = fresh("hf")
                 hf_cmd = [sys.executable, "-c", HF_SCRIPT, str(out), *names]
@@ -487,6 +521,12 @@ def main() -> None:
     if "hf_hub_download x8" in by_tool and not by_tool["hf_hub_download x8"].failed:
         hf = by_tool["hf_hub_download x8"]
         print(f"provision / hf_hub_download x8 wall: {ours.wall / hf.wall:.2f} (target <= 1.05, no Range)")
+    if "python floor" in by_tool and not by_tool["python floor"].failed:
+        floor = by_tool["python floor"]
+        print(f"provision / python floor wall: {ours.wall / floor.wall:.2f} (the part that is ours)")
+        if "provision (locked)" in by_tool:
+            locked_wall = by_tool["provision (locked)"].wall
+            print(f"provision --locked / python floor wall: {locked_wall / floor.wall:.2f}")
     if "provision (baseline)" in by_tool:
         baseline = by_tool["provision (baseline)"]
         print(
