@@ -308,10 +308,10 @@ def _fetch_all(
             staging.publish(entry.item, entry.downloads, entry.staged, verified)
             entry.fetched = {entry.final_path(p): v for p, v in entry.fetched.items() if p in staged}
             entry.fetched_from = {entry.final_path(p): v for p, v in entry.fetched_from.items()}
-        if last:
-            _log_end(entry, quiet=settings.lock_only)
+        if last:  # recorded before its line: an item said to be done is one a stop keeps as done
             if not entry.error and not settings.lock_only:
                 done_before.store(entry.item.identity, entry.files)
+            _log_end(entry, quiet=settings.lock_only)
 
     try:
         small = [job for job in jobs if engine.small(job[1])]

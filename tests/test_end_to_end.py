@@ -323,6 +323,7 @@ def test_files_done_just_before_a_signal_are_recorded_and_never_asked_for_again(
 ):
     # The records are written at most twice a second while files finish: the ones done in the
     # last moments before a stop are written on the way out, or the next run would ask again.
+    # "Done" is what the log says (a file under its final name may still be on its way there).
     small = {f"s{i}": blob(300_000, seed=80 + i) for i in range(6)}
     for name, data in small.items():
         cdn.add(f"/{name}.safetensors", data)
@@ -333,10 +334,15 @@ def test_files_done_just_before_a_signal_are_recorded_and_never_asked_for_again(
     config = write_config(f"[models.checkpoints]\n{lines}")
     folder = models / "Stable-diffusion"
     process = start_provision(config, workspace)
+    log_file = workspace / "logs" / "provision.log"
     deadline = time.monotonic() + 60
-    while not all((folder / f"{n}.safetensors").exists() for n in small) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        said = log_file.read_text() if log_file.exists() else ""
+        if all(f"done models.checkpoints.{n}:" in said for n in small):
+            break
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)  # at once: within the records' half second
+    assert all((folder / f"{n}.safetensors").exists() for n in small)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 143, err
 
