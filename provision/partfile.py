@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,9 +98,9 @@ class PartFile:
 
     def create(self, total: int | None) -> None:
         """A new, empty `.part`; the caller saves its first state now or SAVE_INTERVAL later."""
-        with open(self.path, "wb") as file:
+        with opened(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as fd:
             if total:
-                file.truncate(total)  # sparse: pieces land at their offsets
+                os.ftruncate(fd, total)  # sparse: pieces land at their offsets
         self._last_save = time.monotonic()
 
     def due(self) -> bool:
@@ -121,14 +122,25 @@ class PartFile:
 
     def commit(self) -> None:
         """The verified part becomes the file: fsync, atomic rename, fsync of the folder."""
-        with open(self.path, "r+b") as file:
-            os.fsync(file.fileno())
+        with opened(self.path, os.O_RDWR) as fd:
+            os.fsync(fd)
         os.replace(self.path, self.dest)
         fsync_dir(self.dest.parent)
         if self.saved:
             with contextlib.suppress(FileNotFoundError):
                 self.state_path.unlink()
             self.saved = False
+
+
+@contextlib.contextmanager
+def opened(path: Path, flags: int) -> Iterator[int]:
+    """A bare file descriptor: open() adds a stat, a terminal check and two seeks, system calls
+    at which the GIL changes hands (a run of 200 small files opens 600 times)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o666)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def write_at(fd: int, data: memoryview, offset: int) -> None:

@@ -28,7 +28,7 @@ import requests
 
 from .download import Download, FetchError
 from .hashing import PrefixHasher
-from .partfile import PartFile, PartState, write_at
+from .partfile import PartFile, PartState, opened, write_at
 from .ranges import Ranges, split
 from .retry import Retryable
 
@@ -411,8 +411,7 @@ class Transfer:
         if piece is not None:
             with self.lock:
                 piece.received = start
-        with response, open(self.part, "r+b") as file:
-            fd = file.fileno()
+        with response, opened(self.part, os.O_RDWR) as fd:
             while not self.stop.is_set():
                 limit = self._limit(end, piece)
                 want = len(view) if limit is None else min(len(view), limit - offset)
