@@ -18,6 +18,7 @@ from pathlib import Path
 from . import mirror, paths, staging
 from .download import Checksum, Download
 from .engine import Engine, FetchError
+from .http import new_session
 from .ondisk import file_state, item_state
 from .plan import Item
 from .progress import make_progress
@@ -38,6 +39,9 @@ log = logging.getLogger("provision")
 SMALL_JOBS = 32
 # Items resolved at once (metadata: a HEAD, an API call), whatever --jobs says: each is a round
 # trip or two (200 URLs five at a time from a server 20 ms away: 0.8 s before the first byte).
+# A plain URL's HEAD asks a file server what a GET's headers would say: as many at once as
+# small files are fetched (200 URLs 20 ms away: 5% less wall time than at 16); the Hub's and
+# CivitAI's APIs count requests per client, so they stay at 16.
 RESOLVE_JOBS = 16
 
 
@@ -114,7 +118,8 @@ class _Work:
 def execute(items: list[Item], settings: RunSettings) -> Outcome:
     # One breaker for the whole run: a host found dead while resolving fails its downloads at once.
     settings = replace(settings, retry=settings.retry.for_one_run())
-    ctx = Context(retry=settings.retry, timeout=settings.timeout)
+    # A connection kept per resolving thread (URLs resolve SMALL_JOBS at once).
+    ctx = Context(retry=settings.retry, timeout=settings.timeout, session=new_session(pool_size=SMALL_JOBS))
     try:
         return _execute(items, settings, ctx)
     finally:
@@ -145,7 +150,9 @@ def _execute(items: list[Item], settings: RunSettings, ctx: Context) -> Outcome:
             log.debug(f"{entry.item.table}: resolving failed", exc_info=True)
             entry.error = f"unexpected error while resolving: {redact(f'{type(err).__name__}: {err}')}"
 
-    _run_all(resolve_one, (max(settings.jobs, RESOLVE_JOBS), work))
+    urls = [entry for entry in work if entry.item.source == "url"]
+    others = [entry for entry in work if entry.item.source != "url"]
+    _run_all(resolve_one, (max(settings.jobs, SMALL_JOBS), urls), (max(settings.jobs, RESOLVE_JOBS), others))
     if settings.update and not (settings.dry_run or settings.lock_only or settings.force):
         _keep_what_is_in_place(work, done_before)
     _refuse_shared_destinations(work)

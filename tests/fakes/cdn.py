@@ -65,6 +65,8 @@ class FakeCDN(FakeServer):
     dropped: int = 0  # bodies the client closed before their end
     reject_authorization: bool = True  # presigned storage answers 400 to an Authorization header
     gate: threading.Event | None = None  # when set up, bodies wait until it is set (headers go first)
+    head_gate: threading.Event | None = None  # when set up, HEAD answers wait until it is set
+    heads_waiting: set = field(default_factory=set)  # the paths of HEADs at the head_gate now
 
     def add(self, path: str, data: bytes, **options) -> Served:
         served = Served(data, etag=f'"{hashlib.md5(data).hexdigest()}"', **options)
@@ -79,6 +81,10 @@ class FakeCDN(FakeServer):
         self.faults_at.setdefault((path, start), []).extend(faults)
 
     def handle(self, h: Handler, path: str, query: dict) -> None:
+        if h.command == "HEAD" and self.head_gate is not None:
+            with self.lock:
+                self.heads_waiting.add(path)
+            self.head_gate.wait(60)
         served = self.files.get(path)
         if served is None:
             h.reply(404, b"no such file")
