@@ -478,6 +478,7 @@ class Transfer:
             raise self.errors[0]
 
     def _run_workers(self, count: int, first_piece: Piece | None) -> None:
+        self.hasher.start()  # from this thread: at its niceness, not the workers' (yield_to_hashing)
         workers = [
             threading.Thread(target=self._worker_thread, args=(first_piece if n == 0 else None,), daemon=True)
             for n in range(count)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provision import transfer
+from provision import hashing, transfer
 from provision.download import Checksum, Download
 from provision.engine import Engine, FetchError
 from provision.ranges import Ranges
@@ -280,10 +280,18 @@ def niceness_of_threads() -> list[int]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="threads have their own niceness on Linux only")
-def test_receivers_run_nicer_than_the_hashing_so_the_hash_keeps_up(engine, cdn, tmp_path):
+def test_receivers_run_nicer_than_the_hashing_so_the_hash_keeps_up(engine, cdn, tmp_path, monkeypatch):
     cdn.add("/m.safetensors", LARGE)
     cdn.gate = threading.Event()  # the piece workers wait for their bodies
     base = os.getpriority(os.PRIO_PROCESS, 0)
+    hashing_at = []  # a thread is as nice as the one that starts it: not a receiver
+    follow = hashing.PrefixHasher._follow
+
+    def recorded(self):
+        hashing_at.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        follow(self)
+
+    monkeypatch.setattr(hashing.PrefixHasher, "_follow", recorded)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         fetching = pool.submit(engine(connections=3, per_file=3).fetch, download(cdn, tmp_path, data=LARGE))
         lowered = base + transfer.RECEIVER_NICENESS
@@ -296,7 +304,7 @@ def test_receivers_run_nicer_than_the_hashing_so_the_hash_keeps_up(engine, cdn, 
         cdn.gate.set()
         assert fetching.result(timeout=60).status == "ok"
     assert niceness.count(lowered) == 3, niceness  # the three receivers
-    assert niceness.count(base) >= 2  # this thread, the file's own and its hasher are not lowered
+    assert hashing_at == [base]  # the file's hasher: as the file's own thread, not lowered
 
 
 def test_unknown_size_single_stream(engine, any_cdn, tmp_path):
