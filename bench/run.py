@@ -16,8 +16,9 @@ In the same run it measures:
   and with small files in the set its answer to many files (-j 16);
 - with --baseline DIR, the provision of another checkout (main's, say) at its defaults;
 - with small files in the set, provision with a lock made of the set (`--locked`: one GET per
-  file, no metadata request, as every run after `provision lock` and in the image), and
-  bench/floor.py, the least a Python client that hashes every byte does (no bookkeeping);
+  file, no metadata request, as every run after `provision lock` and in the image), and with
+  only small files (`--no-big`) bench/floor.py, the least a Python client that hashes every
+  byte does (no bookkeeping);
 - huggingface_hub's hf_hub_download, eight files at once as `hf download` does, against the
   same server speaking the Hub's resolve protocol (python server);
 - curl, one file after another, one stream each (what the earlier images did), once;
@@ -444,7 +445,8 @@ def main() -> None:
                     check(out, data, names)
                 shutil.rmtree(out)
 
-            if args.small_files:  # the floor: no bookkeeping at all, as many files at once as aria2c -j 16
+            if args.small_files and args.no_big:  # the floor of per-file work: no bookkeeping at all,
+                # as many files at once as aria2c -j 16 (big files would go one stream each)
                 out = fresh("floor")
                 floor = [sys.executable, str(REPO / "bench" / "floor.py"), str(out), base, "16", *names]
                 rows.append(measure("python floor", floor, total, stats, env=trust, note="-j 16", peer=True))
