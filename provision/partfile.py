@@ -156,9 +156,5 @@ def write_at(fd: int, data: memoryview, offset: int) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with contextlib.suppress(OSError), opened(path, os.O_RDONLY) as fd:
+        os.fsync(fd)

@@ -852,7 +852,7 @@ def test_small_files_do_not_wait_for_the_big_files_turns(cdn, tmp_path):
         assert sha256((folder / name).read_bytes()) == sha256(data)
 
 
-def test_read_buffers_are_large_on_few_connections_and_stay_within_their_budget_as_they_grow(tmp_path):
+def test_read_buffers_are_large_on_few_connections_and_stay_within_their_budget_as_they_grow():
     # A fast link stays at 16 connections: a megabyte a read (less CPU per byte). A link that
     # rewards more gets them with smaller reads; the buffers of the connections together stay
     # within BUFFERS, also while the old ones are still in use (peak RSS under 64 MiB).
