@@ -32,9 +32,10 @@ the cap off (the regime of a fast link). Regimes: `--limit-conn N` lets a client
 answer is the whole file, as olah's), `--small-files N` adds N files of 1.7 MiB to the set
 (`--no-big`: only those), `--latency-ms N` makes every answer wait N ms before its first byte
 (python server: a server that far away, where many small files cost round trips). Every
-tool but curl runs once per round, `--repeat N` rounds taken in turn, each starting one tool
-later (a noisy moment, or the last tool's deleted output, hits every tool alike), the median
-row of each shown; before each run the disk is synced, so none pays for the last one's writes.
+tool but curl runs once per round, `--repeat N` rounds taken in turn, in orders where each tool
+follows each other equally often (a noisy moment, or the last tool's deleted output, hits
+every tool alike), the median row of each shown; before each run the disk is synced, so none
+pays for the last one's writes.
 The tools write under $TMPDIR, whose filesystem the header names (tmpfs or a disk's).
 `--server nginx --tls` serves HTTPS, as the Hub,
 CivitAI and every CDN do: each tool then pays for decryption, and Python reads a TLS record
@@ -248,6 +249,22 @@ def medians(rows: list[Row]) -> list[Row]:
             middle.note = f"{middle.note} (median of {len(group)})".strip()
         chosen.append(middle)
     return chosen
+
+
+def round_orders(n: int) -> list[list[int]]:
+    """Orders of n tools for successive rounds, the first one as given, in which each tool
+    comes right after each other one equally often once all are run (a Williams design, as
+    crossover trials balance what a treatment carries over into the next; n odd needs each
+    order reversed too, taken in turn here so a few rounds are already near balance)."""
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(i + shift) % n for i in first] for shift in range(n)]
+    return rows if n % 2 == 0 else [order for row in rows for order in (row, row[::-1])]
 
 
 def filesystem(path: Path) -> str:
@@ -494,13 +511,14 @@ def main() -> None:
                 for c in (("requests", "http.client") if not tls else ("requests",))
             ]
         steps += [hf] if hf_applies else []
-        # Rounds alternate, so a noisy moment hits every tool alike, and each round starts one
-        # tool later: a tool run right after another's output was deleted pays for it (ext4 here:
-        # the same provision took 7.5-10.6 s right after aria2c's 4 GiB went, 6.9-8.5 s after its own).
+        # Rounds alternate, so a noisy moment hits every tool alike, in orders where every tool
+        # follows every other equally often: a tool run right after another's output was deleted
+        # pays for it (ext4 here: the same provision took 7.5-10.6 s right after aria2c's 4 GiB
+        # went, 6.9-8.5 s after its own), and turning one order round keeps who follows whom.
+        orders = round_orders(len(steps))
         for round_ in range(args.repeat):
-            turn = round_ % len(steps)
-            for step in steps[turn:] + steps[:turn]:
-                step(round_)
+            for index in orders[round_ % len(orders)]:
+                steps[index](round_)
         rows = medians(rows)
 
         if not args.only_engines:
