@@ -113,7 +113,7 @@ class Engine:
         self.session_factory = session_factory
         self._local = threading.local()
         self._space_lock = threading.Lock()
-        self._reserved: dict[int, int] = {}  # st_dev -> bytes promised to running downloads
+        self._reserved: dict[Path, tuple[int, int]] = {}  # .part -> (st_dev, size), under way
         self._active_lock = threading.Lock()
         self._active: set[Transfer] = set()
         self._sessions: list[requests.Session] = []
@@ -184,29 +184,32 @@ class Engine:
 
     @contextlib.contextmanager
     def _reserved_space(self, download: Download):
-        need = download.expected_size
-        if need is None:
+        """Refuse a file the disk cannot hold beside the downloads under way, or promise it
+        the room until it ends. The free space the disk reports already counts the blocks each
+        `.part` holds (all of them once preallocated), so of those only the rest is promised:
+        counted twice, a second 40 MiB file was refused on a disk with room for both."""
+        size = download.expected_size
+        if size is None:
             yield
             return
         part = part_path(download.dest)
-        # The .part is sparse (preallocated to full length): count the blocks really on disk.
-        have = part.stat().st_blocks * 512 if part.exists() else 0
-        need = max(0, need - have)
         device = os.stat(download.dest.parent).st_dev
         with self._space_lock:
-            free = shutil.disk_usage(download.dest.parent).free - self._reserved.get(device, 0)
+            promised = sum(_unheld(p, n) for p, (dev, n) in self._reserved.items() if dev == device)
+            free = shutil.disk_usage(download.dest.parent).free - promised
+            need = _unheld(part, size)
             if need + DISK_MARGIN > free:
                 raise FetchError(
                     f"not enough disk space: needs {_mib(need)} more and {_mib(DISK_MARGIN)} to spare,"
                     f" {_mib(max(free, 0))} free on the disk of {download.dest.parent}; free some space"
                     " or rent a bigger disk"
                 )
-            self._reserved[device] = self._reserved.get(device, 0) + need
+            self._reserved[part] = (device, size)
         try:
             yield
         finally:
             with self._space_lock:
-                self._reserved[device] -= need
+                self._reserved.pop(part, None)
 
     def take_turns(self, downloads: list[Download]) -> None:
         """The order the run starts its files in (biggest first) is their order in the queue
@@ -385,6 +388,17 @@ class Engine:
             retrying(self.retry, what, attempt_fn, stop, url=url)
         except GaveUp as err:
             raise FetchError(str(err), gave_up=True) from None
+
+
+def _unheld(part: Path, size: int) -> int:
+    """Bytes of a `size`-byte file that its `.part` does not hold on the disk yet: none once
+    preallocated, all but what was written when sparse (an older run's, or a filesystem
+    without fallocate)."""
+    try:
+        held = part.stat().st_blocks * 512
+    except FileNotFoundError:
+        held = 0
+    return max(0, size - held)
 
 
 def _mib(n: int) -> str:

@@ -1,6 +1,7 @@
 """A download's `.part` file and its state: which byte ranges are on disk, and of which file.
 
-`<name>.part` is preallocated (sparse) to the full size, so pieces land at their offsets;
+`<name>.part` gets its full size at once, so pieces land at their offsets: its blocks are
+reserved on the disk where the filesystem can (`preallocate`), else it is sparse;
 `<name>.part.state` (identity, total, validator, done ranges) is rewritten atomically at most
 every half second, so a killed run resumes with little more than the missing bytes. A state
 that does not fit (another identity, another size, a part of another length) is not trusted:
@@ -10,7 +11,9 @@ both files go and the download starts over. `commit` is the only way to the fina
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import json
 import os
 import threading
@@ -97,11 +100,27 @@ class PartFile:
         self.saved = False
 
     def create(self, total: int | None) -> None:
-        """A new, empty `.part`; the caller saves its first state now or SAVE_INTERVAL later."""
-        with opened(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as fd:
-            if total:
-                os.ftruncate(fd, total)  # sparse: pieces land at their offsets
+        """A new, empty `.part`; the caller saves its first state now or SAVE_INTERVAL later.
+        A disk without room for `total` bytes fails here (ENOSPC), before a byte is fetched,
+        and leaves no `.part` behind."""
+        try:
+            with opened(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as fd:
+                if total and not preallocate(fd, total):
+                    os.ftruncate(fd, total)  # sparse: pieces land at their offsets
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            raise
         self._last_save = time.monotonic()
+
+    def holds_its_blocks(self) -> bool:
+        """Whether every byte of the `.part` has its block on disk (preallocated, or written):
+        then a full disk cannot fail its writes."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return stat.st_blocks * 512 >= stat.st_size
 
     def due(self) -> bool:
         """Whether a periodic save is due (callers then snapshot their state and `save` it)."""
@@ -141,6 +160,36 @@ def opened(path: Path, flags: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def preallocate(fd: int, size: int) -> bool:
+    """Reserve `size` bytes of disk for the file at once (fallocate(2), as aria2c does), or
+    False where the filesystem cannot (the file is left as it was). Reserved blocks cannot be
+    taken by another program filling the disk while the pieces arrive, so a download that has
+    started has its room (it cost no time: the bench's 4 GiB uncapped, runs in turn, 6.5 s on
+    ext4 and 5.0 s on tmpfs either way). Not os.posix_fallocate: where the filesystem has no
+    fallocate (NFS before 4.2, some FUSE mounts) glibc emulates it by writing to every block
+    (posix_fallocate(3))."""
+    fallocate = _fallocate()
+    if fallocate is None:
+        return False
+    if fallocate(fd, 0, 0, size) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(error, os.strerror(error))
+
+
+@functools.cache
+def _fallocate():
+    """The C library's fallocate (Linux), or None."""
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library this interpreter runs on
+    fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if fallocate is not None:
+        fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        fallocate.restype = ctypes.c_int
+    return fallocate
 
 
 def write_at(fd: int, data: memoryview, offset: int) -> None:

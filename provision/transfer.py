@@ -29,6 +29,7 @@ import requests
 from .download import Download, FetchError
 from .hashing import PrefixHasher
 from .partfile import PartFile, PartState, opened, write_at
+from .paths import disk_full
 from .ranges import Ranges, split
 from .retry import Retryable
 
@@ -175,6 +176,7 @@ class Transfer:
         self.transferred = 0
         self.errors: list[BaseException] = []
         self.announced = False
+        self.state_unsaved = False  # a save failed on a full disk (said once)
         self.hasher = PrefixHasher(self)
         self.priority = engine.priority(download)
         self.host = host(download.url)  # whose connection limit this file's requests count against
@@ -215,11 +217,24 @@ class Transfer:
         self.partfile.discard()
 
     def _save_state(self, force: bool = False) -> None:
+        """Save which ranges are on disk. On a full disk the download goes on without: its
+        `.part` already holds its blocks (partfile.preallocate), only a resume after a stop is
+        lost, and the last state saved, if any, still tells the truth (fewer ranges)."""
         if not force and not self.partfile.due():
             return
         with self.lock:
             snapshot = PartState(self.total, self.validator, Ranges([list(s) for s in self.done.spans]))
-        self.partfile.save(snapshot)
+        try:
+            self.partfile.save(snapshot)
+        except OSError as err:
+            if disk_full(err) is None or not self.partfile.holds_its_blocks():
+                raise
+            if not self.state_unsaved:
+                self.state_unsaved = True
+                log.warning(
+                    f"{self.download.dest.name}: the disk is {disk_full(err)}: the download goes on,"
+                    " but stopped now it would start over (its progress cannot be saved)"
+                )
 
     # -- the transfer -------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import itertools
 import json
 import logging
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from provision import hashing, transfer
+from provision import hashing, partfile, transfer
 from provision.download import Checksum, Download
 from provision.engine import Engine, FetchError
 from provision.ranges import Ranges
@@ -376,6 +378,26 @@ def test_space_check_counts_what_a_sparse_part_really_holds(engine, served, tmp_
     monkeypatch.setattr(engine_module.shutil, "disk_usage", lambda path: type("U", (), {"free": free})())
     with pytest.raises(FetchError, match="not enough disk space"):
         engine().fetch(d)
+
+
+def test_a_part_holds_its_blocks_from_the_start_or_is_sparse_where_the_filesystem_cannot(
+    engine, served, tmp_path, monkeypatch
+):
+    d = download(served, tmp_path)
+    d.dest.parent.mkdir()
+    part = partfile.PartFile(d.dest)
+    part.create(SIZE)
+    assert part.path.stat().st_size == SIZE and part.holds_its_blocks()  # fallocate: tmpfs, ext4, xfs
+
+    def without_fallocate(fd, mode, offset, length):  # NFS before 4.2, some FUSE mounts
+        ctypes.set_errno(errno.EOPNOTSUPP)
+        return -1
+
+    monkeypatch.setattr(partfile, "_fallocate", lambda: without_fallocate)
+    part.create(SIZE)
+    assert part.path.stat().st_size == SIZE and not part.holds_its_blocks()
+    assert engine().fetch(d).status == "ok"
+    assert sha256(d.dest.read_bytes()) == sha256(DATA)
 
 
 @pytest.mark.parametrize("checksum", [True, False], ids=["published-sha256", "no-checksum"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import json
@@ -14,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from provision.download import Checksum, Download
+from provision.engine import Engine
+from provision.partfile import PartFile
 from provision.paths import write_atomically
+from provision.records import VerifiedRecords
 
 from .conftest import blob, run_module, sha256, start_module, tree, which
 from .fakes.gdrive import DriveFile
@@ -275,40 +280,91 @@ def small_disk(models):
 
 
 def fill(folder: Path, leave: int) -> Path:
-    """Fill the filesystem of `folder` until `leave` bytes are free (what another program does
-    to a rented disk while a download runs)."""
+    """Fill the filesystem of `folder` until `leave` bytes are free, or it is full (what another
+    program does to a rented disk while a download runs)."""
     filler = folder / "filler"
     stat = os.statvfs(folder)
-    with open(filler, "wb") as file:
+    with open(filler, "wb") as file, contextlib.suppress(OSError):
         file.write(b"\0" * (stat.f_bavail * stat.f_frsize - leave))
     return filler
 
 
-def test_a_disk_that_fills_during_a_download_resumes_once_space_is_freed(
+def test_a_disk_that_another_program_fills_during_a_download_does_not_fail_it(
+    small_disk, write_config, cdn, workspace
+):
+    # The .part holds its blocks from the start (fallocate): a sparse one failed with "is full"
+    # at its next write and the user had to free space and run again.
+    inside, folder = small_disk
+    data = blob(40 * 1024 * 1024 + 4321, seed=21)
+    cdn.add("/big.pth", data)
+    cdn.gate = threading.Event()  # headers go out, bodies wait: the .part is there, no byte in it
+    config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
+    first = start_module(str(config), "--workspace", str(workspace), "--connections", "4", inside=inside)
+    wait_for((folder / "big.pth.part").exists, first)
+    fill(folder, leave=0)
+    cdn.gate.set()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["big.pth", "filler"]
+    assert sha256((folder / "big.pth").read_bytes()) == sha256(data)
+
+
+def test_a_disk_filled_before_the_first_byte_fails_the_download_at_once_and_leaves_nothing(
     small_disk, write_config, cdn, workspace
 ):
     inside, folder = small_disk
-    data = blob(40 * 1024 * 1024 + 4321, seed=21)  # several pieces: a state from the start
+    data = blob(40 * 1024 * 1024 + 4321, seed=21)
     cdn.add("/big.pth", data)
-    cdn.gate = threading.Event()  # headers go out, bodies wait: the download has passed its space check
+    cdn.get_gate = threading.Event()  # the space check has passed, the answer waits
     config = write_config(f'[models.esrgan.big]\nurl = "{cdn.url}/big.pth"\nsha256 = "{sha256(data)}"\n')
     args = (str(config), "--workspace", str(workspace), "--json", "--connections", "4")
     first = start_module(*args, inside=inside)
-    part = folder / "big.pth.part"
-    wait_for(part.exists, first)
-    filler = fill(folder, leave=1536 * 1024)  # a write of 1 MiB fits, the next only half
-    cdn.gate.set()
+    wait_for(lambda: "/big.pth" in cdn.gets_waiting, first)
+    filler = fill(folder, leave=1536 * 1024)  # another program takes the room meanwhile
+    cdn.get_gate.set()
     out, err = first.communicate(timeout=120)
     assert first.returncode == 1, err
     (row,) = json.loads(out)["items"]
     assert "is full: free some space or rent a bigger disk, then run again" in row["reason"]
-    assert sorted(p.name for p in folder.iterdir()) == ["big.pth.part", "big.pth.part.state", "filler"]
+    assert sorted(p.name for p in folder.iterdir()) == ["filler"]  # no .part, no state
 
     filler.unlink()  # the user frees space and runs again
+    cdn.get_gate = None
     second = run_module(*args, inside=inside)
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["big.pth"]
     assert sha256((folder / "big.pth").read_bytes()) == sha256(data)
+
+
+def test_a_second_download_is_not_refused_for_room_the_first_already_holds(small_disk, cdn, tmp_path):
+    # 160 MiB: each 40 MiB file fits with 64 MiB to spare beside the other. The first one's
+    # .part holds its blocks (preallocated) and the disk reports them as used: promised to it
+    # as well, they were counted twice and the second file was refused.
+    _, folder = small_disk
+    files = {name: blob(40 * 1024 * 1024, seed=seed) for name, seed in (("a.pth", 31), ("b.pth", 32))}
+    for name, data in files.items():
+        cdn.add(f"/{name}", data)
+    cdn.gate = threading.Event()  # headers go out, bodies wait: both are under way at once
+    engine = Engine(VerifiedRecords(tmp_path / "verified.json"), connections=4, per_file=2)  # 2 each
+
+    def fetch(name: str):
+        data = files[name]
+        checksum = Checksum("sha256", sha256(data))
+        return engine.fetch(Download(f"{cdn.url}/{name}", folder / name, len(data), checksum, identity=name))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(fetch, "a.pth")
+        deadline = time.monotonic() + 30
+        while not PartFile(folder / "a.pth").holds_its_blocks():
+            assert time.monotonic() < deadline and not first.done(), "the first .part never held its blocks"
+            time.sleep(0.01)
+        second = pool.submit(fetch, "b.pth")
+        while not (folder / "b.pth.part").exists() and not second.done():
+            time.sleep(0.01)
+        cdn.gate.set()
+        assert second.result().status == "ok" and first.result().status == "ok"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.pth", "b.pth"]
+    assert all(sha256((folder / name).read_bytes()) == sha256(data) for name, data in files.items())
 
 
 def test_a_record_rewritten_on_a_full_disk_keeps_its_old_content_and_leaves_nothing(small_disk):

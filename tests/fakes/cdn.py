@@ -67,6 +67,8 @@ class FakeCDN(FakeServer):
     gate: threading.Event | None = None  # when set up, bodies wait until it is set (headers go first)
     head_gate: threading.Event | None = None  # when set up, HEAD answers wait until it is set
     heads_waiting: set = field(default_factory=set)  # the paths of HEADs at the head_gate now
+    get_gate: threading.Event | None = None  # when set up, GET answers wait until it is set
+    gets_waiting: set = field(default_factory=set)  # the paths of GETs at the get_gate now
 
     def add(self, path: str, data: bytes, **options) -> Served:
         served = Served(data, etag=f'"{hashlib.md5(data).hexdigest()}"', **options)
@@ -85,6 +87,10 @@ class FakeCDN(FakeServer):
             with self.lock:
                 self.heads_waiting.add(path)
             self.head_gate.wait(60)
+        if h.command == "GET" and self.get_gate is not None:
+            with self.lock:
+                self.gets_waiting.add(path)
+            self.get_gate.wait(60)
         served = self.files.get(path)
         if served is None:
             h.reply(404, b"no such file")
