@@ -264,7 +264,9 @@ def round_orders(n: int) -> list[list[int]]:
             first.append(high)
             high -= 1
     rows = [[(i + shift) % n for i in first] for shift in range(n)]
-    return rows if n % 2 == 0 else [order for row in rows for order in (row, row[::-1])]
+    rows = rows if n % 2 == 0 else [order for row in rows for order in (row, row[::-1])]
+    place = {tool: index for index, tool in enumerate(rows[0])}  # renamed: the first is 0, 1, ...
+    return [[place[tool] for tool in row] for row in rows]
 
 
 def filesystem(path: Path) -> str:
