@@ -44,7 +44,7 @@ from . import transfer as transfer_module
 from .download import Download, FetchError
 from .hashing import hash_file
 from .http import UnsafeRedirect, new_session
-from .partfile import part_path
+from .partfile import part_path, unheld
 from .records import VerifiedRecords
 from .retry import GaveUp, RetryPolicy, check_status, retrying
 from .secrets import redact
@@ -195,9 +195,9 @@ class Engine:
         part = part_path(download.dest)
         device = os.stat(download.dest.parent).st_dev
         with self._space_lock:
-            promised = sum(_unheld(p, n) for p, (dev, n) in self._reserved.items() if dev == device)
+            promised = sum(unheld(p, n) for p, (dev, n) in self._reserved.items() if dev == device)
             free = shutil.disk_usage(download.dest.parent).free - promised
-            need = _unheld(part, size)
+            need = unheld(part, size)
             if need + DISK_MARGIN > free:
                 raise FetchError(
                     f"not enough disk space: needs {_mib(need)} more and {_mib(DISK_MARGIN)} to spare,"
@@ -388,17 +388,6 @@ class Engine:
             retrying(self.retry, what, attempt_fn, stop, url=url)
         except GaveUp as err:
             raise FetchError(str(err), gave_up=True) from None
-
-
-def _unheld(part: Path, size: int) -> int:
-    """Bytes of a `size`-byte file that its `.part` does not hold on the disk yet: none once
-    preallocated, all but what was written when sparse (an older run's, or a filesystem
-    without fallocate)."""
-    try:
-        held = part.stat().st_blocks * 512
-    except FileNotFoundError:
-        held = 0
-    return max(0, size - held)
 
 
 def _mib(n: int) -> str:

@@ -113,15 +113,6 @@ class PartFile:
             raise
         self._last_save = time.monotonic()
 
-    def holds_its_blocks(self) -> bool:
-        """Whether every byte of the `.part` has its block on disk (preallocated, or written):
-        then a full disk cannot fail its writes."""
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return stat.st_blocks * 512 >= stat.st_size
-
     def due(self) -> bool:
         """Whether a periodic save is due (callers then snapshot their state and `save` it)."""
         return time.monotonic() - self._last_save >= SAVE_INTERVAL
@@ -160,6 +151,17 @@ def opened(path: Path, flags: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def unheld(part: Path, size: int) -> int:
+    """Bytes of a `size`-byte file that its `.part` does not hold on the disk yet: none once
+    preallocated (a full disk cannot fail its writes then), all but what was written when
+    sparse (an older run's, or a filesystem without fallocate), all when there is none."""
+    try:
+        held = part.stat().st_blocks * 512
+    except FileNotFoundError:
+        held = 0
+    return max(0, size - held)
 
 
 def preallocate(fd: int, size: int) -> bool:

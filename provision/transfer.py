@@ -28,7 +28,7 @@ import requests
 
 from .download import Download, FetchError
 from .hashing import PrefixHasher
-from .partfile import PartFile, PartState, opened, write_at
+from .partfile import PartFile, PartState, opened, unheld, write_at
 from .paths import disk_full
 from .ranges import Ranges, split
 from .retry import Retryable
@@ -227,7 +227,7 @@ class Transfer:
         try:
             self.partfile.save(snapshot)
         except OSError as err:
-            if disk_full(err) is None or not self.partfile.holds_its_blocks():
+            if disk_full(err) is None or not snapshot.total or unheld(self.part, snapshot.total):
                 raise
             if not self.state_unsaved:
                 self.state_unsaved = True
