@@ -232,8 +232,8 @@ class Transfer:
             if not self.state_unsaved:
                 self.state_unsaved = True
                 log.warning(
-                    f"{self.download.dest.name}: the disk is {disk_full(err)}: the download goes on,"
-                    " but stopped now it would start over (its progress cannot be saved)"
+                    f"{self.download.dest.name}: the disk is {disk_full(err)}: no resume state saved;"
+                    " the download goes on"
                 )
 
     # -- the transfer -------------------------------------------------------------------------
